@@ -1,0 +1,92 @@
+/* proto.h - the client protocol: frames and messages (docs/protocol.md).
+ *
+ * A frame is a 4-byte big-endian body length followed by the body, one
+ * msgpack array:
+ *
+ *   +--------+--------+--------+--------+---------------------------+
+ *   |      body length N (uint32, BE)   |  N bytes: msgpack array   |
+ *   +--------+--------+--------+--------+---------------------------+
+ *
+ *   HELLO  [0, req_id, proto_version, role]            role "client"
+ *   CALL   [1, req_id, type, id, action, payload]      payload: any object
+ *   CAST   [2, req_id, type, id, action, payload]
+ *   STATUS [3, req_id]
+ *   REPLY  [128, req_id, status, body]                 body: reply object if
+ *                                                      status is 0, else an
+ *                                                      error message (str)
+ *
+ * Decoding is pure and bounded: fields point into the frame body, which must
+ * outlive the decoded struct. */
+#ifndef AM_PROTO_H
+#define AM_PROTO_H
+
+#include "buf.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define AM_PROTO_VERSION 1
+#define AM_FRAME_HEADER 4
+
+enum am_msg_kind {
+    AM_MSG_HELLO = 0,
+    AM_MSG_CALL = 1,
+    AM_MSG_CAST = 2,
+    AM_MSG_STATUS = 3,
+    AM_MSG_REPLY = 128,
+};
+
+/* Name limits. An actor's storage key is "type/id"; with these bounds it
+ * stays under LMDB's 511-byte key limit (63 + 1 + 255 = 319). */
+#define AM_MAX_TYPE 63
+#define AM_MAX_ID 255
+#define AM_MAX_ACTION 63
+#define AM_MAX_ROLE 31
+
+/* Looks for one complete frame at the start of [p, p+len).
+ * Returns the bytes the frame takes (header included) and sets body/body_len;
+ * 0 when more bytes are needed; AM_ETOOBIG when the header announces a body
+ * longer than max (the stream cannot be resynchronised: close it). */
+long am_frame_next(const uint8_t *p, size_t len, size_t max, const uint8_t **body,
+                   size_t *body_len);
+
+/* A decoded request. Strings are not NUL-terminated and point into the body. */
+struct am_request {
+    int kind;
+    uint64_t id;
+    int has_id; /* set as soon as the id was read, so errors can name it */
+    const char *type, *actor, *action, *role;
+    uint32_t type_len, actor_len, action_len, role_len;
+    const uint8_t *payload; /* exactly one msgpack object */
+    uint32_t payload_len;
+    uint64_t version; /* HELLO only */
+};
+
+/* Decodes one request body. Returns 0, or AM_EPROTO for a malformed message
+ * (r->has_id says whether r->id can be used to answer it). Names over their
+ * limits, empty names and a '/' in a type name are AM_EPROTO too. */
+int am_request_decode(struct am_request *r, const uint8_t *body, size_t len);
+
+struct am_reply {
+    uint64_t id;
+    int status;
+    const uint8_t *body; /* one msgpack object */
+    uint32_t body_len;
+};
+
+int am_reply_decode(struct am_reply *r, const uint8_t *body, size_t len);
+
+/* Encoders append one whole frame (header included) to out. They return 0 or
+ * -ENOMEM; on error out is left as it was. payload/body must each be exactly
+ * one msgpack object. */
+int am_encode_call(struct am_buf *out, int kind, uint64_t id, const char *type, size_t type_len,
+                   const char *actor, size_t actor_len, const char *action, size_t action_len,
+                   const uint8_t *payload, size_t payload_len);
+int am_encode_hello(struct am_buf *out, uint64_t id, const char *role);
+int am_encode_status(struct am_buf *out, uint64_t id);
+int am_encode_reply(struct am_buf *out, uint64_t id, int status, const uint8_t *body,
+                    size_t body_len);
+/* A failed reply whose body is the message msg (copied as a msgpack str). */
+int am_encode_error(struct am_buf *out, uint64_t id, int status, const char *msg);
+
+#endif

@@ -1,0 +1,1 @@
+/* placeholder while in progress */ typedef int am__placeholder_t;
