@@ -18,7 +18,7 @@ run: build
 
 test:
 	@scripts/deps.sh test
-	cmake -S . -B $(BUILD) -DAMESH_TESTS=ON >/dev/null
+	cmake -S . -B $(BUILD) -DAMESH_TESTS=ON $(AMESH_CMAKE_FLAGS) >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 	cd $(BUILD) && ctest --output-on-failure
 
@@ -41,7 +41,7 @@ fuzz:
 
 bench: build
 	@scripts/deps.sh bench
-	bench/run
+	AMESH=$(BUILD)/amesh bench/single-node
 
 clean:
 	rm -rf $(BUILD) build-asan build-fuzz

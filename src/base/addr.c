@@ -2,6 +2,7 @@
 #include "addr.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,14 +19,18 @@ int am_addr_parse(const char *s, int default_port, struct sockaddr_in *sa)
     memcpy(host, s, hl);
     host[hl] = '\0';
     if (colon) {
+        /* Digits only: strtol alone would also take "+80" and " 80". */
         char *end;
+        if (!isdigit((unsigned char)colon[1]))
+            return -EINVAL;
         errno = 0;
         port = strtol(colon + 1, &end, 10);
-        if (errno || end == colon + 1 || *end || port < 1 || port > 65535)
+        if (errno || *end)
             return -EINVAL;
-    } else if (port == 0) {
-        return -EINVAL;
     }
+    /* A default port out of range would wrap in htons (65536 becomes 0). */
+    if (port < 1 || port > 65535)
+        return -EINVAL;
     memset(sa, 0, sizeof *sa);
     sa->sin_family = AF_INET;
     sa->sin_port = htons((uint16_t)port);

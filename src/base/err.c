@@ -45,7 +45,7 @@ const char *am_strerror(int code)
         return "not an amesh data directory";
     if (code == AM_ENEWER)
         return "written by a newer amesh format";
-    if (code <= -AM_ERR_BASE && code > -(AM_ERR_BASE + AM_ST__COUNT))
+    if (code < -AM_ERR_BASE && code > -(AM_ERR_BASE + AM_ST__COUNT))
         return status_text[-code - AM_ERR_BASE];
     if (code < 0 && code > -AM_ERR_BASE)
         return strerror(-code);
@@ -56,7 +56,9 @@ enum am_status am_status_of(int code)
 {
     if (code == 0)
         return AM_ST_OK;
-    if (code <= -AM_ERR_BASE && code > -(AM_ERR_BASE + AM_ST__COUNT))
+    /* Strictly below -AM_ERR_BASE: -1000 would be AM_E(AM_ST_OK), which is
+     * no project code, and an error must never travel as success. */
+    if (code < -AM_ERR_BASE && code > -(AM_ERR_BASE + AM_ST__COUNT))
         return (enum am_status)(-code - AM_ERR_BASE);
     if (code == AM_ECORRUPT || code == AM_EFOREIGN || code == AM_ENEWER)
         return AM_ST_STORAGE;

@@ -280,8 +280,6 @@ static int skip(const uint8_t **pos, const uint8_t *end, int depth)
     uint32_t n;
     int64_t i;
     int bo;
-    if (depth > AM_MP_MAX_DEPTH)
-        return AM_EPROTO;
     switch (am_mp_peek(p, end)) {
     case AM_MP_NIL:
         return am_mp_read_nil(pos, end);
@@ -323,6 +321,15 @@ static int skip(const uint8_t **pos, const uint8_t *end, int depth)
     }
     case AM_MP_ARRAY:
     case AM_MP_MAP: {
+        /* depth containers enclose this one, so it opens level depth + 1.
+         * A scalar is depth 0, [] and [1] are 1, [[1]] is 2. The limit
+         * counts containers, an empty innermost one too, because that is
+         * what msgpack-c's unpacker counts (one stack slot per open
+         * container, MSGPACK_EMBED_STACK_SIZE = 32, refused beyond even
+         * when empty) and handlers unpack accepted payloads with it;
+         * test_mp.c checks both sides of the limit against msgpack-c. */
+        if (depth >= AM_MP_MAX_DEPTH)
+            return AM_EPROTO;
         int is_map = am_mp_peek(p, end) == AM_MP_MAP;
         int rc = is_map ? am_mp_read_map(&p, end, &n) : am_mp_read_array(&p, end, &n);
         if (rc)
@@ -352,6 +359,10 @@ int am_mp_skip(const uint8_t **pos, const uint8_t *end)
 
 int am_mp_check_one(const uint8_t *p, size_t len)
 {
+    /* Empty is never one object; and p may be NULL then (an empty am_buf),
+     * where even p + 0 is undefined behaviour. */
+    if (len == 0)
+        return AM_EPROTO;
     const uint8_t *end = p + len;
     if (am_mp_skip(&p, end))
         return AM_EPROTO;

@@ -35,10 +35,13 @@ static int read_name(const uint8_t **p, const uint8_t *end, const char **s, uint
 
 int am_request_decode(struct am_request *r, const uint8_t *body, size_t len)
 {
-    const uint8_t *p = body, *end = body + len;
+    const uint8_t *p = body, *end;
     uint32_t n;
     uint64_t kind;
     memset(r, 0, sizeof *r);
+    if (len == 0) /* body may be NULL then, and NULL + 0 is undefined */
+        return AM_EPROTO;
+    end = body + len;
     if (am_mp_read_array(&p, end, &n) || n < 2 || am_mp_read_uint(&p, end, &kind))
         return AM_EPROTO;
     if (am_mp_read_uint(&p, end, &r->id))
@@ -78,10 +81,13 @@ int am_request_decode(struct am_request *r, const uint8_t *body, size_t len)
 
 int am_reply_decode(struct am_reply *r, const uint8_t *body, size_t len)
 {
-    const uint8_t *p = body, *end = body + len;
+    const uint8_t *p = body, *end;
     uint32_t n;
     uint64_t kind, status;
     memset(r, 0, sizeof *r);
+    if (len == 0) /* body may be NULL then, and NULL + 0 is undefined */
+        return AM_EPROTO;
+    end = body + len;
     if (am_mp_read_array(&p, end, &n) || n != 4 || am_mp_read_uint(&p, end, &kind) ||
         kind != AM_MSG_REPLY || am_mp_read_uint(&p, end, &r->id) ||
         am_mp_read_uint(&p, end, &status) || status > 255)

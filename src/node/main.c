@@ -1,2 +1,41 @@
+/* main.c - the amesh binary: dispatches to a subcommand (commands.h). */
+#include "commands.h"
+
 #include <stdio.h>
-int main(void) { return 0; }
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: amesh COMMAND [options]\n\n"
+               "commands:\n"
+               "  node     run a node\n"
+               "  call     invoke an actor and print its reply\n"
+               "  cast     send a message to an actor without waiting for its reply\n"
+               "  status   print a node's status\n"
+               "  bench    measure a node's throughput and latency\n\n"
+               "`amesh COMMAND --help` describes each.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return AM_EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "node") == 0)
+        return am_cmd_node(argc - 1, argv + 1);
+    if (strcmp(cmd, "call") == 0 || strcmp(cmd, "cast") == 0)
+        return am_cmd_call(argc - 1, argv + 1);
+    if (strcmp(cmd, "status") == 0)
+        return am_cmd_status(argc - 1, argv + 1);
+    if (strcmp(cmd, "bench") == 0)
+        return am_cmd_bench(argc - 1, argv + 1);
+    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "amesh: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return AM_EXIT_USAGE;
+}

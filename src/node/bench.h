@@ -1,0 +1,106 @@
+/* bench.h - `amesh bench`, the built-in load generator.
+ *
+ * One libuv loop drives C TCP connections, spread round-robin over the nodes
+ * given; each keeps exactly P CALLs in flight. Every reply is matched to its
+ * request by req_id, so replies may come back in any order.
+ *
+ * Figures. A run is a warm-up of --warmup seconds followed by the measured
+ * window of --duration seconds (or until --requests requests completed in
+ * it). Only requests completed inside the window count:
+ *   requests  completed requests in the window, successes and errors
+ *   errors    those of them that failed, by kind: the reply's status name
+ *             (err.h: "busy", "overloaded", ...), "timeout" (no reply within
+ *             --timeout; the connection is then reconnected), "disconnected"
+ *             (the connection closed before the reply came) or "bad_reply"
+ *   rps       successful requests per second of the window (goodput)
+ *   p50..max  latency of successful requests, from the moment a request is
+ *             queued for writing to the moment its reply is parsed
+ *
+ * Connections. A connection counts as up once the node acknowledged its
+ * HELLO; only then are requests sent on it. All C connections must come up
+ * within --timeout at the start. A lost connection is retried with a backoff
+ * of 50 ms doubling to 500 ms until the run ends; its requests in flight
+ * count as "disconnected".
+ *
+ * Exit status: 0 when the run completed; 1 when a connection was lost, a
+ * request timed out or a node refused a connection (the figures are then
+ * partial), when the run was interrupted (SIGINT), when any request failed
+ * with a non-retryable status (a misconfigured bench must not look green;
+ * busy, overloaded and shutting_down are part of the measurement), or when
+ * --verify found a mismatch; 2 for bad usage; 69 when a node cannot be
+ * reached at the start.
+ *
+ * --verify (counter/add with the default payload 1 only) needs actors that
+ * start at 0, so it uses the ids "bench-<tag>-<i>" with <tag> 8 random hex
+ * digits drawn for the run. It counts the acknowledged adds of every actor
+ * over the whole run, warm-up included; after the run it waits for the
+ * requests still in flight (up to --timeout), then `get`s every actor. An
+ * actor passes when acked <= value <= acked + unknown, where unknown counts
+ * its adds whose outcome the client cannot know (timed out, or lost with
+ * their connection): an add is never applied twice, and an acknowledged add
+ * is never lost. */
+#ifndef AM_BENCH_H
+#define AM_BENCH_H
+
+#include "proto.h"
+
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define AM_BENCH_MAX_NODES 32
+#define AM_BENCH_DEFAULT_ADDR "127.0.0.1:7946"
+#define AM_BENCH_DEFAULT_PORT 7946
+
+/* Upper bounds of the flags, each with its reason:
+ * - actors: the Zipf CDF takes 8 bytes per actor and --verify 30 more
+ *   (acked, unknown and read value, 8 each; a to-do index, 4; two state
+ *   bytes), so 10 M actors cost at most 380 MB;
+ * - connections: a file descriptor each; the soft RLIMIT_NOFILE is raised to
+ *   fit when the hard limit allows;
+ * - pipeline: the low 16 bits of a req_id name the request's slot, and 4096
+ *   in flight on one connection is already far past any useful depth;
+ * - payload: every connection buffers up to P payloads before a write, so
+ *   1 MiB x 16 x 50 is already 800 MB. */
+#define AM_BENCH_MAX_ACTORS 10000000L
+#define AM_BENCH_MAX_CONNECTIONS 4096L
+#define AM_BENCH_MAX_PIPELINE 4096L
+#define AM_BENCH_MAX_PAYLOAD (1L << 20)
+#define AM_BENCH_MAX_DURATION 86400.0
+#define AM_BENCH_MAX_TIMEOUT_MS 3600000L
+
+struct am_bench_opts {
+    struct sockaddr_in nodes[AM_BENCH_MAX_NODES];
+    char node_names[AM_BENCH_MAX_NODES][64]; /* as the user wrote them */
+    size_t nnodes;
+    char type[AM_MAX_TYPE + 1];
+    char action[AM_MAX_ACTION + 1];
+    long actors;
+    long connections;
+    long pipeline;
+    double duration;   /* seconds of the measured window; 0 when --requests is given */
+    uint64_t requests; /* 0 when --duration (or neither) is given */
+    double warmup;     /* seconds */
+    long payload;      /* bytes of the bin payload; -1: the default */
+    double skew;       /* Zipf exponent; 0: uniform */
+    uint64_t seed;
+    long timeout_ms;
+    int json;
+    int verify;
+    int help;
+};
+
+/* Fills o with the defaults, then applies argv[1..argc) (argv[0] is the
+ * subcommand name). Returns 0, or -EINVAL with a one-line reason in err
+ * (always NUL-terminated when errlen > 0). Nothing is allocated. With
+ * --help, o->help is set and the other flags are still checked. */
+int am_bench_parse(struct am_bench_opts *o, int argc, char **argv, char *err, size_t errlen);
+
+/* 1 when requests carry the integer 1 (counter/add without --payload),
+ * 0 when they carry a msgpack bin. */
+int am_bench_int_payload(const struct am_bench_opts *o);
+
+/* The usage text, for --help and usage errors. */
+extern const char am_bench_usage[];
+
+#endif

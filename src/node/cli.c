@@ -1,1 +1,0 @@
-/* placeholder while in progress */ typedef int am__placeholder_t;

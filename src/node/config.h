@@ -1,0 +1,45 @@
+/* config.h - the settings of one node, from flags and AMESH_* variables.
+ *
+ * Precedence: a flag beats the environment variable of the same name
+ * (--max-payload -> AMESH_MAX_PAYLOAD), which beats the default. Every limit
+ * of principle 3 of the design is here, with its default. */
+#ifndef AM_CONFIG_H
+#define AM_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define AM_MAX_ACTOR_LIBS 16
+
+struct am_config {
+    char name[256];          /* default: the advertise address */
+    char bind[64];           /* 127.0.0.1:7946 */
+    char advertise[64];      /* default: bind */
+    char data[1024];         /* ./data */
+    uint64_t sync_interval_ms; /* 0: durable (the default); else interval:MS */
+    int log_level;           /* enum am_log_level */
+    const char *actor_libs[AM_MAX_ACTOR_LIBS];
+    int nactor_libs;
+    size_t max_payload;      /* 2 MiB */
+    size_t max_state;        /* 4 MiB */
+    unsigned mailbox;        /* 1024 */
+    size_t max_actors;       /* 1,000,000 */
+    uint64_t idle_ms;        /* 60,000 */
+    unsigned max_connections; /* 10,000 */
+    unsigned max_inflight;   /* 4,096 per connection */
+};
+
+/* Fills c from argv (argv[0] is "node") and the environment. Returns 0, 1
+ * when --help was printed, or -EINVAL with a message in err. Strings in c
+ * may point into argv or the environment. */
+int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_t errlen);
+
+/* Parses "durable" or "interval:MS" (1 <= MS <= 3,600,000). */
+int am_config_parse_sync(const char *s, uint64_t *interval_ms);
+
+/* Parses a size: digits with an optional k/K, m/M or g/G suffix (powers of 1024). */
+int am_config_parse_size(const char *s, uint64_t max, uint64_t *out);
+
+void am_config_usage(void);
+
+#endif

@@ -1,0 +1,233 @@
+/* node.c - `amesh node`: composes storage, runtime and client server on one
+ * libuv loop, and stops them in order on SIGTERM or SIGINT:
+ *
+ *   1. stop accepting connections and reading requests;
+ *   2. let the runtime finish what is in flight and write every dirty actor;
+ *   3. write the last replies and close the connections;
+ *   4. close the runtime and the store (the writer thread commits what is
+ *      queued), then the loop runs dry and the process exits 0. */
+#include "commands.h"
+#include "config.h"
+#include "server.h"
+
+#include "addr.h"
+#include "err.h"
+#include "log.h"
+#include "mem.h"
+#include "mp.h"
+#include "proto.h"
+#include "registry.h"
+#include "runtime.h"
+#include "store.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define AM_VERSION_STRING "0.1.0"
+
+struct node {
+    uv_loop_t loop;
+    struct am_config cfg;
+    struct am_registry *reg;
+    struct am_store *store;
+    struct am_runtime *rt;
+    struct am_server *srv;
+    uv_signal_t sigterm, sigint;
+    uint64_t started_ms;
+    int stopping;
+};
+
+static int pack_kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
+{
+    return am_mp_pack_str(pk, k, strlen(k)) || msgpack_pack_uint64(pk, v);
+}
+
+static int pack_kv_str(msgpack_packer *pk, const char *k, const char *v)
+{
+    return am_mp_pack_str(pk, k, strlen(k)) || am_mp_pack_str(pk, v, strlen(v));
+}
+
+static int pack_status(void *arg, msgpack_packer *pk)
+{
+    struct node *n = arg;
+    struct am_runtime_stats rs;
+    struct am_store_stats ss;
+    struct am_server_stats vs;
+    struct am_store_meta meta;
+    char sync[48];
+    am_runtime_get_stats(n->rt, &rs);
+    am_store_get_stats(n->store, &ss);
+    am_server_get_stats(n->srv, &vs);
+    am_store_get_meta(n->store, &meta);
+    if (n->cfg.sync_interval_ms)
+        snprintf(sync, sizeof sync, "interval:%llu", (unsigned long long)n->cfg.sync_interval_ms);
+    else
+        snprintf(sync, sizeof sync, "durable");
+    return msgpack_pack_map(pk, 10) || pack_kv_str(pk, "node", n->cfg.name) ||
+           pack_kv_str(pk, "version", AM_VERSION_STRING) ||
+           pack_kv_u64(pk, "pid", (uint64_t)getpid()) ||
+           pack_kv_u64(pk, "uptime_ms", uv_now(&n->loop) - n->started_ms) ||
+           pack_kv_str(pk, "sync", sync) || pack_kv_u64(pk, "incarnation", meta.incarnation) ||
+           pack_kv_str(pk, "data", n->cfg.data) ||
+           am_mp_pack_str(pk, "actors", 6) || msgpack_pack_map(pk, 11) ||
+           pack_kv_u64(pk, "active", rs.active) ||
+           pack_kv_u64(pk, "activations", rs.activations) ||
+           pack_kv_u64(pk, "deactivations", rs.deactivations) ||
+           pack_kv_u64(pk, "calls", rs.calls) || pack_kv_u64(pk, "casts", rs.casts) ||
+           pack_kv_u64(pk, "ok", rs.ok) || pack_kv_u64(pk, "errors", rs.errors) ||
+           pack_kv_u64(pk, "refused", rs.refused) ||
+           pack_kv_u64(pk, "snapshots", rs.snapshots) ||
+           pack_kv_u64(pk, "write_errors", rs.write_errors) ||
+           pack_kv_u64(pk, "waiting", rs.waiting) ||
+           am_mp_pack_str(pk, "store", 5) || msgpack_pack_map(pk, 7) ||
+           pack_kv_u64(pk, "records", ss.records) || pack_kv_u64(pk, "writes", ss.writes) ||
+           pack_kv_u64(pk, "commits", ss.commits) || pack_kv_u64(pk, "max_batch", ss.max_batch) ||
+           pack_kv_u64(pk, "failed", ss.failed) || pack_kv_u64(pk, "map_size", ss.map_size) ||
+           pack_kv_u64(pk, "map_grows", ss.map_grows) ||
+           am_mp_pack_str(pk, "clients", 7) || msgpack_pack_map(pk, 7) ||
+           pack_kv_u64(pk, "connections", vs.connections) ||
+           pack_kv_u64(pk, "accepted", vs.accepted) || pack_kv_u64(pk, "rejected", vs.rejected) ||
+           pack_kv_u64(pk, "requests", vs.requests) ||
+           pack_kv_u64(pk, "bad_frames", vs.bad_frames) ||
+           pack_kv_u64(pk, "bytes_in", vs.bytes_in) || pack_kv_u64(pk, "bytes_out", vs.bytes_out);
+}
+
+static void on_server_closed(void *arg)
+{
+    struct node *n = arg;
+    am_runtime_free(n->rt);
+    n->rt = NULL;
+    am_store_close(n->store);
+    n->store = NULL;
+    uv_close((uv_handle_t *)&n->sigterm, NULL);
+    uv_close((uv_handle_t *)&n->sigint, NULL);
+    am_log_info("stopped");
+}
+
+static void on_runtime_drained(void *arg)
+{
+    struct node *n = arg;
+    am_log_info("every actor state is written; closing connections");
+    am_server_close(n->srv, on_server_closed, n);
+    n->srv = NULL;
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct node *n = h->data;
+    if (n->stopping) {
+        am_log_warn("already stopping; waiting for the last writes");
+        return;
+    }
+    n->stopping = 1;
+    am_log_info("%s: stopping (no new requests; finishing and writing what is in flight)",
+                signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    am_server_stop_accepting(n->srv);
+    am_runtime_shutdown(n->rt, on_runtime_drained, n);
+}
+
+static int start(struct node *n, char *err, size_t errlen)
+{
+    struct am_config *c = &n->cfg;
+    struct sockaddr_in bind;
+    int rc = am_registry_new(&n->reg);
+    if (rc == 0)
+        rc = am_registry_add_builtins(n->reg);
+    if (rc) {
+        snprintf(err, errlen, "cannot set up actor types: %s", am_strerror(rc));
+        return rc;
+    }
+    for (int i = 0; i < c->nactor_libs; i++) {
+        rc = am_registry_load(n->reg, c->actor_libs[i], err, errlen);
+        if (rc)
+            return rc;
+    }
+    struct am_store_opts so = {.dir = c->data, .node_name = c->name};
+    rc = am_store_open(&n->store, &n->loop, &so, err, errlen);
+    if (rc)
+        return rc;
+    struct am_runtime_opts ro = {
+        .max_payload = c->max_payload,
+        .max_state = c->max_state,
+        .max_reply = c->max_state > c->max_payload ? c->max_state : c->max_payload,
+        .mailbox = c->mailbox,
+        .max_actors = c->max_actors,
+        .idle_ms = c->idle_ms,
+        .sync_interval_ms = c->sync_interval_ms,
+    };
+    rc = am_runtime_new(&n->rt, &n->loop, n->store, n->reg, &ro);
+    if (rc) {
+        snprintf(err, errlen, "cannot start the actor runtime: %s", am_strerror(rc));
+        return rc;
+    }
+    am_addr_parse(c->bind, 0, &bind);
+    /* A request frame holds the payload plus names and headers; 4 KiB covers
+     * the largest envelope (3 names of at most 255 bytes and a few ints). */
+    struct am_server_opts vo = {
+        .node_name = c->name,
+        .max_frame = c->max_payload + 4096,
+        .max_connections = c->max_connections,
+        .max_inflight = c->max_inflight,
+    };
+    rc = am_server_start(&n->srv, &n->loop, &bind, n->rt, &vo, pack_status, n, err, errlen);
+    if (rc)
+        return rc;
+    uv_signal_init(&n->loop, &n->sigterm);
+    uv_signal_init(&n->loop, &n->sigint);
+    n->sigterm.data = n->sigint.data = n;
+    uv_signal_start(&n->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&n->sigint, on_signal, SIGINT);
+    return 0;
+}
+
+/* Unwinds a start that failed part way: what was opened is closed in
+ * reverse order and the loop runs its close callbacks. */
+static void abort_start(struct node *n)
+{
+    if (n->srv)
+        am_server_close(n->srv, NULL, NULL);
+    if (n->rt) {
+        am_runtime_free(n->rt);
+    }
+    am_store_close(n->store);
+    uv_run(&n->loop, UV_RUN_DEFAULT);
+}
+
+int am_cmd_node(int argc, char **argv)
+{
+    static struct node n; /* one node per process; static keeps it off the stack */
+    char err[1200];
+    memset(&n, 0, sizeof n);
+    int rc = am_config_parse(&n.cfg, argc, argv, err, sizeof err);
+    if (rc == 1)
+        return AM_EXIT_OK;
+    if (rc) {
+        fprintf(stderr, "amesh node: %s\n", err);
+        return AM_EXIT_USAGE;
+    }
+    am_log_setup((enum am_log_level)n.cfg.log_level, n.cfg.name);
+    signal(SIGPIPE, SIG_IGN);
+    uv_loop_init(&n.loop);
+    n.started_ms = uv_now(&n.loop);
+    rc = start(&n, err, sizeof err);
+    if (rc) {
+        am_log_error("%s", err);
+        fprintf(stderr, "amesh node: %s\n", err);
+        abort_start(&n);
+        uv_loop_close(&n.loop);
+        am_registry_free(n.reg);
+        return AM_EXIT_ERROR;
+    }
+    struct am_store_meta meta;
+    am_store_get_meta(n.store, &meta);
+    am_log_info("listening on %s (client protocol %d), data %s, sync %s, incarnation %llu",
+                n.cfg.bind, AM_PROTO_VERSION, n.cfg.data,
+                n.cfg.sync_interval_ms ? "interval" : "durable",
+                (unsigned long long)meta.incarnation);
+    uv_run(&n.loop, UV_RUN_DEFAULT);
+    uv_loop_close(&n.loop);
+    am_registry_free(n.reg);
+    return AM_EXIT_OK;
+}

@@ -1,0 +1,513 @@
+/* server.c - the client protocol server (see server.h).
+ *
+ * A connection owns three buffers: `in` (bytes read, not yet parsed: at most
+ * one frame plus one read), `out` (replies encoded this loop turn) and `wbuf`
+ * (the write in progress). At the end of each loop turn (a uv_check, with a
+ * uv_idle so the loop does not block while work is queued) connections with
+ * output swap out and wbuf and start one write. Replies for calls held by the
+ * runtime arrive later through on_reply; the connection is freed only when
+ * its handle is closed and no call of it is still in the runtime.
+ *
+ * Reading is paused while a connection has max_inflight calls in the runtime
+ * or more than OUT_LIMIT bytes waiting to be written, and resumed from the
+ * loop-turn callback (never from inside a runtime callback, so the runtime is
+ * not re-entered). */
+#include "server.h"
+
+#include "addr.h"
+#include "err.h"
+#include "log.h"
+#include "mem.h"
+#include "mp.h"
+#include "proto.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Reads land in chunks of 64 KiB: large enough that a pipelined client's
+ * burst of small requests is parsed in one callback, small enough that a
+ * thousand idle connections hold 64 MiB at most (and an empty buffer is
+ * released). */
+#define READ_CHUNK (64 * 1024)
+/* Unsent output per connection before reading pauses: 8 MiB, or two of the
+ * largest frames if those are bigger. */
+#define OUT_LIMIT_MIN (8u << 20)
+
+struct conn {
+    uv_tcp_t tcp;
+    struct am_server *srv;
+    struct conn *prev, *next;
+    struct conn *turn_next;
+    struct am_buf in, out, wbuf;
+    uv_write_t wreq;
+    unsigned inflight;
+    uint8_t in_turn, writing, paused, reading, closing, closed, close_after_write;
+};
+
+struct am_server {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    uv_check_t turn_check;
+    uv_idle_t turn_idle;
+    struct am_runtime *rt;
+    struct am_server_opts o;
+    size_t out_limit;
+    am_status_fn status;
+    void *status_arg;
+    struct conn *conns;
+    struct conn *turn; /* connections with output to write or input to resume */
+    struct am_server_stats st;
+    int accepting;
+    int closing;
+    int handles_open;
+    void (*close_done)(void *arg);
+    void *close_arg;
+};
+
+static void conn_close(struct conn *c);
+static void process_input(struct conn *c);
+static void maybe_finish_close(struct am_server *s);
+
+static void on_turn(uv_check_t *h);
+
+/* The idle handle only keeps the loop from blocking in poll while a turn is
+ * due; the work happens in on_turn. */
+static void on_idle(uv_idle_t *h)
+{
+    (void)h;
+}
+
+static void turn_add(struct conn *c)
+{
+    struct am_server *s = c->srv;
+    if (c->in_turn || c->closed)
+        return;
+    c->in_turn = 1;
+    c->turn_next = s->turn;
+    s->turn = c;
+    uv_check_start(&s->turn_check, on_turn);
+    uv_idle_start(&s->turn_idle, on_idle);
+}
+
+static size_t pending_out(const struct conn *c)
+{
+    return c->out.len + c->wbuf.len;
+}
+
+static int over_limits(const struct conn *c)
+{
+    return c->inflight >= c->srv->o.max_inflight || pending_out(c) > c->srv->out_limit;
+}
+
+static void send_error(struct conn *c, uint64_t id, int status, const char *msg)
+{
+    if (am_encode_error(&c->out, id, status, msg) == 0)
+        turn_add(c);
+}
+
+/* Runtime callback: the outcome of one call of this connection. */
+static void on_reply(void *ctx, uint64_t id, int status, const uint8_t *body, size_t len)
+{
+    struct conn *c = ctx;
+    c->inflight--;
+    if (!c->closing) {
+        if (am_encode_reply(&c->out, id, status, body, len))
+            send_error(c, id, AM_ST_INTERNAL, "out of memory");
+        turn_add(c);
+    } else if (c->closed && c->inflight == 0) {
+        am_buf_close(&c->in);
+        am_buf_close(&c->out);
+        am_buf_close(&c->wbuf);
+        am_free(c);
+    }
+}
+
+static void handle_hello(struct conn *c, const struct am_request *r)
+{
+    char msg[160];
+    if (r->version != AM_PROTO_VERSION) {
+        snprintf(msg, sizeof msg, "protocol version %llu is not supported (this node speaks %d)",
+                 (unsigned long long)r->version, AM_PROTO_VERSION);
+    } else if (r->role_len != 6 || memcmp(r->role, "client", 6) != 0) {
+        snprintf(msg, sizeof msg, "role '%.*s' is not served on this port (use 'client')",
+                 (int)r->role_len, r->role);
+    } else {
+        struct am_buf b;
+        msgpack_packer pk;
+        am_buf_init(&b);
+        am_mp_packer_init(&pk, &b);
+        int rc = msgpack_pack_map(&pk, 2) || am_mp_pack_str(&pk, "proto", 5) ||
+                 msgpack_pack_int(&pk, AM_PROTO_VERSION) || am_mp_pack_str(&pk, "node", 4) ||
+                 am_mp_pack_str(&pk, c->srv->o.node_name, strlen(c->srv->o.node_name));
+        if (rc || am_encode_reply(&c->out, r->id, AM_ST_OK, b.data, b.len))
+            send_error(c, r->id, AM_ST_INTERNAL, "out of memory");
+        am_buf_close(&b);
+        turn_add(c);
+        return;
+    }
+    send_error(c, r->id, AM_ST_BAD_REQUEST, msg);
+    c->close_after_write = 1;
+}
+
+static void handle_status(struct conn *c, const struct am_request *r)
+{
+    struct am_buf b;
+    msgpack_packer pk;
+    am_buf_init(&b);
+    am_mp_packer_init(&pk, &b);
+    if (c->srv->status(c->srv->status_arg, &pk) ||
+        am_encode_reply(&c->out, r->id, AM_ST_OK, b.data, b.len))
+        send_error(c, r->id, AM_ST_INTERNAL, "out of memory");
+    am_buf_close(&b);
+    turn_add(c);
+}
+
+static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
+{
+    struct am_server *s = c->srv;
+    struct am_request r;
+    char err[300];
+    s->st.requests++;
+    if (am_request_decode(&r, body, len)) {
+        s->st.bad_frames++;
+        send_error(c, r.has_id ? r.id : 0, AM_ST_BAD_REQUEST,
+                   r.has_id ? "malformed request: see the message layouts in docs/protocol.md"
+                            : "malformed frame: not [kind, request id, ...] in msgpack");
+        return;
+    }
+    switch (r.kind) {
+    case AM_MSG_HELLO:
+        handle_hello(c, &r);
+        return;
+    case AM_MSG_STATUS:
+        handle_status(c, &r);
+        return;
+    default:
+        break;
+    }
+    int call = r.kind == AM_MSG_CALL;
+    if (call)
+        c->inflight++;
+    int rc = am_runtime_submit(s->rt, r.id, r.type, r.type_len, r.actor, r.actor_len, r.action,
+                               r.action_len, r.payload, r.payload_len, call ? on_reply : NULL, c,
+                               err, sizeof err);
+    if (rc) {
+        if (call)
+            c->inflight--;
+        send_error(c, r.id, am_status_of(rc), err);
+    } else if (!call) {
+        static const uint8_t nil = 0xc0;
+        if (am_encode_reply(&c->out, r.id, AM_ST_OK, &nil, 1) == 0)
+            turn_add(c);
+    }
+}
+
+/* Parses and handles every complete frame in c->in, unless a limit is hit. */
+static void process_input(struct conn *c)
+{
+    struct am_server *s = c->srv;
+    size_t off = 0;
+    while (!c->closing && !c->close_after_write && !s->closing && s->accepting) {
+        if (over_limits(c)) {
+            c->paused = 1;
+            break;
+        }
+        const uint8_t *body;
+        size_t blen;
+        long n = am_frame_next(c->in.data + off, c->in.len - off, s->o.max_frame, &body, &blen);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            char msg[160];
+            s->st.bad_frames++;
+            snprintf(msg, sizeof msg, "frame of %u bytes exceeds the limit of %zu bytes",
+                     am_be32_get(c->in.data + off), s->o.max_frame);
+            send_error(c, 0, AM_ST_TOO_LARGE, msg);
+            c->close_after_write = 1; /* the stream cannot be resynchronised */
+            off = c->in.len;
+            break;
+        }
+        handle_frame(c, body, blen);
+        off += (size_t)n;
+    }
+    am_buf_consume(&c->in, off);
+    if (c->in.len == 0 && c->in.cap > READ_CHUNK)
+        am_buf_close(&c->in);
+    if (c->paused || c->close_after_write || !s->accepting)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct conn *c = h->data;
+    (void)suggested;
+    if (am_buf_reserve(&c->in, READ_CHUNK)) {
+        buf->base = NULL;
+        buf->len = 0;
+        return;
+    }
+    buf->base = (char *)c->in.data + c->in.len;
+    buf->len = c->in.cap - c->in.len;
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    struct conn *c = stream->data;
+    (void)buf;
+    if (nread == UV_ENOBUFS) {
+        am_log_warn("out of memory reading a client connection; closing it");
+        conn_close(c);
+        return;
+    }
+    if (nread < 0) {
+        conn_close(c); /* EOF or error: a half-sent frame is dropped */
+        return;
+    }
+    c->in.len += (size_t)nread;
+    c->srv->st.bytes_in += (uint64_t)nread;
+    process_input(c);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct conn *c = req->data;
+    c->writing = 0;
+    c->srv->st.bytes_out += c->wbuf.len;
+    c->wbuf.len = 0;
+    if (c->wbuf.cap > OUT_LIMIT_MIN)
+        am_buf_close(&c->wbuf);
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    turn_add(c);
+}
+
+static void start_write(struct conn *c)
+{
+    struct am_buf t = c->wbuf;
+    c->wbuf = c->out;
+    c->out = t;
+    c->out.len = 0;
+    uv_buf_t b = uv_buf_init((char *)c->wbuf.data, (unsigned)c->wbuf.len);
+    c->wreq.data = c;
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) == 0)
+        c->writing = 1;
+    else
+        conn_close(c);
+}
+
+/* Once per loop turn: write what each listed connection has, resume the
+ * paused ones that are back under their limits, close those that are done. */
+static void on_turn(uv_check_t *h)
+{
+    struct am_server *s = h->data;
+    struct conn *list = s->turn;
+    s->turn = NULL;
+    while (list) {
+        struct conn *c = list;
+        list = c->turn_next;
+        c->in_turn = 0;
+        if (c->closing)
+            continue;
+        if (c->paused && !over_limits(c) && s->accepting) {
+            c->paused = 0;
+            process_input(c);
+            if (!c->paused && !c->close_after_write && !c->closing)
+                uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        }
+        if (!c->writing && c->out.len)
+            start_write(c);
+        if (c->close_after_write && !c->writing && !c->out.len && !c->closing)
+            conn_close(c);
+    }
+    if (!s->turn) {
+        uv_check_stop(&s->turn_check);
+        uv_idle_stop(&s->turn_idle);
+    }
+    maybe_finish_close(s);
+}
+
+static void on_conn_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    struct am_server *s = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->st.connections--;
+    c->closed = 1;
+    if (c->in_turn) {
+        struct conn **pp = &s->turn;
+        while (*pp != c)
+            pp = &(*pp)->turn_next;
+        *pp = c->turn_next;
+        c->in_turn = 0;
+    }
+    if (c->inflight == 0) {
+        am_buf_close(&c->in);
+        am_buf_close(&c->out);
+        am_buf_close(&c->wbuf);
+        am_free(c);
+    }
+    maybe_finish_close(s);
+}
+
+static void conn_close(struct conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+}
+
+static void on_reject_closed(uv_handle_t *h)
+{
+    am_free(h);
+}
+
+static void on_connection(uv_stream_t *listener, int status)
+{
+    struct am_server *s = listener->data;
+    if (status < 0) {
+        am_log_warn("accept failed: %s", uv_strerror(status));
+        return;
+    }
+    if (s->st.connections >= s->o.max_connections) {
+        /* Accept, say why, close: the client learns the reason instead of
+         * waiting in the backlog. */
+        uv_tcp_t *t = am_malloc(sizeof *t);
+        if (!t)
+            return;
+        uv_tcp_init(s->loop, t);
+        if (uv_accept(listener, (uv_stream_t *)t) == 0) {
+            struct am_buf b;
+            char msg[96];
+            am_buf_init(&b);
+            snprintf(msg, sizeof msg, "node has %u connections, the limit; retry later",
+                     s->o.max_connections);
+            if (am_encode_error(&b, 0, AM_ST_OVERLOADED, msg) == 0) {
+                uv_buf_t ub = uv_buf_init((char *)b.data, (unsigned)b.len);
+                uv_try_write((uv_stream_t *)t, &ub, 1);
+            }
+            am_buf_close(&b);
+        }
+        s->st.rejected++;
+        uv_close((uv_handle_t *)t, on_reject_closed);
+        return;
+    }
+    struct conn *c = am_calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->srv = s;
+    uv_tcp_init(s->loop, &c->tcp);
+    c->tcp.data = c;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->st.connections++;
+    if (uv_accept(listener, (uv_stream_t *)&c->tcp)) {
+        conn_close(c);
+        return;
+    }
+    s->st.accepted++;
+    uv_tcp_nodelay(&c->tcp, 1);
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+int am_server_start(struct am_server **out, uv_loop_t *loop, const struct sockaddr_in *addr,
+                    struct am_runtime *rt, const struct am_server_opts *o, am_status_fn status,
+                    void *status_arg, char *err, size_t errlen)
+{
+    char where[32];
+    am_addr_format(addr, where, sizeof where);
+    struct am_server *s = am_calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    s->loop = loop;
+    s->rt = rt;
+    s->o = *o;
+    s->out_limit = 2 * o->max_frame > OUT_LIMIT_MIN ? 2 * o->max_frame : OUT_LIMIT_MIN;
+    s->status = status;
+    s->status_arg = status_arg;
+    uv_tcp_init(loop, &s->listener);
+    uv_check_init(loop, &s->turn_check);
+    uv_idle_init(loop, &s->turn_idle);
+    s->listener.data = s->turn_check.data = s->turn_idle.data = s;
+    s->handles_open = 3;
+    int rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)addr, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&s->listener, 511, on_connection);
+    if (rc) {
+        snprintf(err, errlen, "cannot listen on %s: %s", where, uv_strerror(rc));
+        s->closing = 1;
+        s->accepting = 0;
+        am_server_close(s, NULL, NULL);
+        return rc;
+    }
+    s->accepting = 1;
+    *out = s;
+    return 0;
+}
+
+void am_server_stop_accepting(struct am_server *s)
+{
+    if (!s->accepting)
+        return;
+    s->accepting = 0;
+    uv_close((uv_handle_t *)&s->listener, NULL);
+    for (struct conn *c = s->conns; c; c = c->next)
+        if (!c->closing)
+            uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+static void on_server_handle_closed(uv_handle_t *h)
+{
+    struct am_server *s = h->data;
+    if (--s->handles_open > 0)
+        return;
+    void (*done)(void *) = s->close_done;
+    void *arg = s->close_arg;
+    am_free(s);
+    if (done)
+        done(arg);
+}
+
+/* Finishes am_server_close once every connection is gone. */
+static void maybe_finish_close(struct am_server *s)
+{
+    if (!s->closing || s->handles_open != 3)
+        return;
+    for (struct conn *c = s->conns; c; c = c->next) {
+        if (!c->writing && !c->out.len)
+            conn_close(c);
+    }
+    if (s->conns)
+        return;
+    s->handles_open--; /* the listener; closed by stop_accepting or below */
+    if (!uv_is_closing((uv_handle_t *)&s->listener)) {
+        s->handles_open++;
+        uv_close((uv_handle_t *)&s->listener, on_server_handle_closed);
+    }
+    uv_close((uv_handle_t *)&s->turn_check, on_server_handle_closed);
+    uv_close((uv_handle_t *)&s->turn_idle, on_server_handle_closed);
+}
+
+void am_server_close(struct am_server *s, void (*done)(void *arg), void *arg)
+{
+    am_server_stop_accepting(s);
+    s->closing = 1;
+    s->close_done = done;
+    s->close_arg = arg;
+    maybe_finish_close(s);
+}
+
+void am_server_get_stats(const struct am_server *s, struct am_server_stats *st)
+{
+    *st = s->st;
+}

@@ -1,0 +1,55 @@
+/* server.h - the client protocol server (docs/protocol.md).
+ *
+ * Accepts TCP connections, splits their bytes into frames, decodes requests,
+ * hands calls and casts to the runtime and writes replies back, batched into
+ * one write per connection per loop turn. Every connection is bounded:
+ * requests in flight (max_inflight) and unsent output; past either bound the
+ * server stops reading that connection until it drains (backpressure, not an
+ * error). */
+#ifndef AM_SERVER_H
+#define AM_SERVER_H
+
+#include "runtime.h"
+
+#include <msgpack.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct am_server;
+
+struct am_server_opts {
+    const char *node_name;     /* borrowed for the server's lifetime */
+    size_t max_frame;          /* largest request frame body */
+    unsigned max_connections;
+    unsigned max_inflight;     /* per connection */
+};
+
+struct am_server_stats {
+    uint64_t connections;      /* open now */
+    uint64_t accepted;         /* total */
+    uint64_t rejected;         /* refused for max_connections */
+    uint64_t requests;         /* frames decoded */
+    uint64_t bad_frames;       /* malformed or oversized */
+    uint64_t bytes_in, bytes_out;
+};
+
+/* Packs the STATUS reply: one msgpack map. */
+typedef int (*am_status_fn)(void *arg, msgpack_packer *pk);
+
+/* Starts listening on addr. rt is borrowed. On error err says why (e.g. the
+ * address is in use). */
+int am_server_start(struct am_server **out, uv_loop_t *loop, const struct sockaddr_in *addr,
+                    struct am_runtime *rt, const struct am_server_opts *o, am_status_fn status,
+                    void *status_arg, char *err, size_t errlen);
+
+/* Stops accepting connections and reading requests; replies still flow. */
+void am_server_stop_accepting(struct am_server *s);
+
+/* Closes every connection once its pending output is written, then frees
+ * the server and calls done. Call after the runtime released every reply. */
+void am_server_close(struct am_server *s, void (*done)(void *arg), void *arg);
+
+void am_server_get_stats(const struct am_server *s, struct am_server_stats *st);
+
+#endif

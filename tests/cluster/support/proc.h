@@ -1,0 +1,137 @@
+/* proc.h - real amesh processes for the process tests.
+ *
+ * A process test starts `amesh node` as a child process on a loopback
+ * address, talks to it over TCP or through the `amesh` CLI, and stops it.
+ * These helpers own the mechanics: temporary directories, starting a node
+ * with its output in a log file, waiting for its port, stopping or killing
+ * it with bounded waits, reading its RSS, and running one CLI command with
+ * its output captured.
+ *
+ * Nothing here asserts: every function returns a code (0 or a negative
+ * errno) and, where a test wants to say why, fills a message buffer. The
+ * test decides what is a failure.
+ *
+ * Orphans: a started process gets PR_SET_PDEATHSIG(SIGKILL), so when the test
+ * process dies for any reason (a crash, Criterion's timeout killing the
+ * worker) the kernel kills the node too. The test still stops every node it
+ * started in its .fini, so a failed assertion never leaves one running.
+ *
+ * The binary is AMESH_BIN, defined by CMake for every process test. */
+#ifndef AM_TEST_PROC_H
+#define AM_TEST_PROC_H
+
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifndef AMESH_BIN
+#error "AMESH_BIN must name the amesh binary (CMake defines it)"
+#endif
+
+/* ---- temporary directories ----------------------------------------------- */
+
+/* Creates a fresh directory /tmp/amesh-proc-<tag>.XXXXXX and writes its path
+ * into out (outlen bytes). Returns 0 or a negated errno. */
+int proc_tmpdir(char *out, size_t outlen, const char *tag);
+
+/* Removes path and everything under it (symlinks are removed, never
+ * followed). A missing path is not an error. Returns 0 or a negated errno. */
+int proc_rmtree(const char *path);
+
+/* ---- nodes ----------------------------------------------------------------- */
+
+/* One node process. Caller-allocated; zero it (or proc_node_init it) before
+ * first use. pid is 0 whenever no process of this struct is running (or
+ * unreaped). */
+struct proc_node {
+    pid_t pid;
+    char addr[32];      /* HOST:PORT it binds, e.g. "127.0.0.10:7946" */
+    char data[PATH_MAX]; /* its --data directory */
+    char log[PATH_MAX];  /* stdout and stderr of every run, appended */
+};
+
+/* Sets addr, data dir and log path (borrowed strings are copied). Starts
+ * nothing. */
+void proc_node_init(struct proc_node *n, const char *addr, const char *data, const char *log);
+
+/* Starts `AMESH_BIN node --bind ADDR --data DATA [extra...]`; extra is a
+ * NULL-terminated list (may be NULL). Output is appended to n->log. Does not
+ * wait for the port: see proc_node_wait_ready. Returns 0 or a negated errno;
+ * fails with -EBUSY if n already runs. */
+int proc_node_spawn(struct proc_node *n, const char *const *extra);
+
+/* Polls a TCP connect to n->addr every 20 ms until it is accepted, for at most
+ * timeout_ms. Returns 0 once the port accepts; -ECHILD if the node exited
+ * (reaped: n->pid becomes 0), -ETIMEDOUT otherwise. On failure why receives
+ * the reason and the last lines of the node's log. */
+int proc_node_wait_ready(struct proc_node *n, int timeout_ms, char *why, size_t whylen);
+
+/* proc_node_spawn, then proc_node_wait_ready with 10 s. On failure the node
+ * is killed if it still runs. */
+int proc_node_start(struct proc_node *n, const char *const *extra, char *why, size_t whylen);
+
+/* Waits at most timeout_ms for n to exit, without signalling it. Returns its
+ * exit status as proc_exit_code describes, or -ETIMEDOUT (still running) or
+ * -ECHILD (not running). */
+int proc_node_wait_exit(struct proc_node *n, int timeout_ms);
+
+/* Sends SIGTERM and waits for the exit, at most timeout_ms (<= 0: 20 s). If
+ * the node is still running then, it is SIGKILLed, reaped, a line saying so
+ * goes to stderr and the result is -ETIMEDOUT. Otherwise returns the exit
+ * status (proc_exit_code). -ECHILD if it was not running. */
+int proc_node_stop(struct proc_node *n, int timeout_ms);
+
+/* SIGKILL and reap. Returns 0, or -ECHILD if it was not running. */
+int proc_node_kill9(struct proc_node *n);
+
+/* Kills (SIGKILL) and reaps n if it runs; for teardown. */
+void proc_node_cleanup(struct proc_node *n);
+
+/* Copies the last (at most) outlen-1 bytes of the log, starting at a line
+ * boundary when one is in range, into out (NUL-terminated). */
+void proc_log_tail(const char *path, char *out, size_t outlen);
+
+/* The whole log file, NUL-terminated, into a malloc'ed string (caller
+ * frees); NULL if it cannot be read. */
+char *proc_read_file(const char *path, size_t *len);
+
+/* ---- processes ------------------------------------------------------------- */
+
+/* The wait status as one number: the exit code (0..255), or 128 + N when
+ * killed by signal N (the shell's convention). */
+int proc_exit_code(int wstatus);
+
+/* Resident set size of pid in bytes (VmRSS of /proc/PID/status), or a
+ * negated errno. */
+long long proc_rss(pid_t pid);
+
+/* The outcome of one command. out and err are NUL-terminated, malloc'ed and
+ * owned by the struct until proc_result_free. */
+struct proc_result {
+    int code; /* proc_exit_code, or -ETIMEDOUT if it was killed for time */
+    char *out;
+    size_t out_len;
+    char *err;
+    size_t err_len;
+};
+
+/* Runs AMESH_BIN with args (a NULL-terminated list, e.g. {"call", "--node",
+ * addr, "counter", "c1", "get", NULL}), stdin from /dev/null, capturing
+ * stdout and stderr; waits at most timeout_ms, then kills it (code
+ * -ETIMEDOUT). Returns 0 when the command ran (whatever its exit code), or a
+ * negated errno when it could not be started. */
+int proc_run(struct proc_result *r, int timeout_ms, const char *const *args);
+
+/* proc_run with the arguments given inline: proc_runl(&r, 10000, "call",
+ * "--node", addr, ..., (char *)NULL). */
+int proc_runl(struct proc_result *r, int timeout_ms, const char *arg0, ...);
+
+void proc_result_free(struct proc_result *r);
+
+/* ---- time ------------------------------------------------------------------ */
+
+int64_t proc_now_ms(void);
+void proc_sleep_ms(int ms);
+
+#endif
