@@ -96,6 +96,7 @@ struct actor {
     uint32_t pending;
     uint16_t key_len, type_len;
     uint8_t dirty, in_dirty, running;
+    uint8_t shutdown_failures;
     char key[]; /* "type/id", NUL-terminated */
 };
 
@@ -123,6 +124,12 @@ struct am_runtime {
 };
 
 static const uint8_t mp_nil = 0xc0;
+
+/* Writes retried for one actor during shutdown in interval mode before its
+ * unsaved state is given up: enough to ride out a transient error (the map
+ * grows within one try), few enough that a full disk does not hold the
+ * node up for long. */
+#define SHUTDOWN_RETRIES 3
 
 static struct blob *blob_new(const void *p, size_t len)
 {
@@ -375,6 +382,14 @@ static void write_done(struct am_store_write *w, int status)
                 act->dirty = 0;
             }
             fail_all(rt, act, &failed, why);
+        } else if (rt->shutting && ++act->shutdown_failures > SHUTDOWN_RETRIES) {
+            /* Interval mode, stopping, and the store keeps refusing: give
+             * up rather than never stop. The loss is logged and counted,
+             * and the node exits non-zero. */
+            am_log_error("giving up on the unsaved state of %s after %d failed writes",
+                         act->key, SHUTDOWN_RETRIES + 1);
+            rt->st.lost++;
+            act->dirty = 0;
         } else {
             act->dirty = 1; /* retried at the next interval */
         }

@@ -45,6 +45,7 @@ struct am_runtime_stats {
     uint64_t snapshots;     /* snapshot writes completed */
     uint64_t write_errors;  /* snapshot writes that failed */
     uint64_t waiting;       /* replies held for a commit now */
+    uint64_t lost;          /* interval mode: unsaved states given up at shutdown */
 };
 
 struct am_runtime;

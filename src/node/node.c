@@ -37,6 +37,7 @@ struct node {
     uv_signal_t sigterm, sigint;
     uint64_t started_ms;
     int stopping;
+    uint64_t lost; /* unsaved states given up at shutdown */
 };
 
 static int pack_kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
@@ -71,7 +72,7 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "uptime_ms", uv_now(&n->loop) - n->started_ms) ||
            pack_kv_str(pk, "sync", sync) || pack_kv_u64(pk, "incarnation", meta.incarnation) ||
            pack_kv_str(pk, "data", n->cfg.data) ||
-           am_mp_pack_str(pk, "actors", 6) || msgpack_pack_map(pk, 11) ||
+           am_mp_pack_str(pk, "actors", 6) || msgpack_pack_map(pk, 12) ||
            pack_kv_u64(pk, "active", rs.active) ||
            pack_kv_u64(pk, "activations", rs.activations) ||
            pack_kv_u64(pk, "deactivations", rs.deactivations) ||
@@ -80,7 +81,7 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "refused", rs.refused) ||
            pack_kv_u64(pk, "snapshots", rs.snapshots) ||
            pack_kv_u64(pk, "write_errors", rs.write_errors) ||
-           pack_kv_u64(pk, "waiting", rs.waiting) ||
+           pack_kv_u64(pk, "waiting", rs.waiting) || pack_kv_u64(pk, "lost", rs.lost) ||
            am_mp_pack_str(pk, "store", 5) || msgpack_pack_map(pk, 7) ||
            pack_kv_u64(pk, "records", ss.records) || pack_kv_u64(pk, "writes", ss.writes) ||
            pack_kv_u64(pk, "commits", ss.commits) || pack_kv_u64(pk, "max_batch", ss.max_batch) ||
@@ -97,6 +98,9 @@ static int pack_status(void *arg, msgpack_packer *pk)
 static void on_server_closed(void *arg)
 {
     struct node *n = arg;
+    struct am_runtime_stats rs;
+    am_runtime_get_stats(n->rt, &rs);
+    n->lost = rs.lost;
     am_runtime_free(n->rt);
     n->rt = NULL;
     am_store_close(n->store);
@@ -229,5 +233,10 @@ int am_cmd_node(int argc, char **argv)
     uv_run(&n.loop, UV_RUN_DEFAULT);
     uv_loop_close(&n.loop);
     am_registry_free(n.reg);
+    if (n.lost) {
+        fprintf(stderr, "amesh node: %llu actor states could not be saved at shutdown\n",
+                (unsigned long long)n.lost);
+        return AM_EXIT_ERROR;
+    }
     return AM_EXIT_OK;
 }

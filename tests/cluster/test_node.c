@@ -741,8 +741,7 @@ static void snap_take(struct dir_snap *s, const char *dir)
     memset(s, 0, sizeof *s);
     DIR *d = opendir(dir);
     cr_assert_not_null(d, "%s: %s", dir, strerror(errno));
-    struct dirent *e;
-    while ((e = readdir(d))) {
+    for (struct dirent *e = readdir(d); e; e = readdir(d)) {
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
             continue;
         cr_assert_lt(s->n, MAX_FILES, "too many files in %s", dir);
@@ -1003,9 +1002,11 @@ Test(node, cast_is_accepted_and_applied)
     cr_assert_str_eq(r.out, "", "cast printed '%s'", r.out);
     proc_result_free(&r);
     /* A cast's reply means accepted, not applied: poll briefly. */
-    int64_t v = 0, deadline = proc_now_ms() + 5000;
-    while ((v = counter_get("x")) != 3 && proc_now_ms() < deadline)
+    int64_t v = counter_get("x"), deadline = proc_now_ms() + 5000;
+    while (v != 3 && proc_now_ms() < deadline) {
         proc_sleep_ms(20);
+        v = counter_get("x");
+    }
     cr_assert_eq(v, 3, "the cast's add was not applied");
     node_stop_ok();
     ASSERT_NO_LEAKS();

@@ -472,22 +472,21 @@ int proc_run(struct proc_result *r, int timeout_ms, const char *const *args)
     for (int i = 0; i < 2; i++)
         if (pf[i].fd >= 0)
             close(pf[i].fd);
-    int code = timed_out || failed ? -ETIMEDOUT : wait_until(pid, deadline);
-    if (code == -ETIMEDOUT) {
-        /* Out of time (or the pipes failed): the command must not outlive
+    int code = timed_out ? -ETIMEDOUT : failed ? failed : wait_until(pid, deadline);
+    if (code < 0) {
+        /* Out of time, or the pipes failed: the command must not outlive
          * the test. */
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
-        code = -ETIMEDOUT;
     }
-    r->code = code;
+    r->code = code == -ETIMEDOUT ? -ETIMEDOUT : code < 0 ? -1 : code;
     r->out = sink_finish(&so, &r->out_len);
     r->err = sink_finish(&se, &r->err_len);
     if (!r->out || !r->err) {
         proc_result_free(r);
         return -ENOMEM;
     }
-    return failed && failed != -ETIMEDOUT ? failed : 0;
+    return failed;
 }
 
 int proc_runl(struct proc_result *r, int timeout_ms, const char *arg0, ...)

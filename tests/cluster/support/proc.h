@@ -109,7 +109,8 @@ long long proc_rss(pid_t pid);
 /* The outcome of one command. out and err are NUL-terminated, malloc'ed and
  * owned by the struct until proc_result_free. */
 struct proc_result {
-    int code; /* proc_exit_code, or -ETIMEDOUT if it was killed for time */
+    int code; /* proc_exit_code; -ETIMEDOUT if killed for time, -1 if killed
+                 because its output could not be read */
     char *out;
     size_t out_len;
     char *err;
@@ -120,7 +121,8 @@ struct proc_result {
  * addr, "counter", "c1", "get", NULL}), stdin from /dev/null, capturing
  * stdout and stderr; waits at most timeout_ms, then kills it (code
  * -ETIMEDOUT). Returns 0 when the command ran (whatever its exit code), or a
- * negated errno when it could not be started. */
+ * negated errno when it could not be started or its output could not be
+ * read (then it is killed; r is still filled and must be freed). */
 int proc_run(struct proc_result *r, int timeout_ms, const char *const *args);
 
 /* proc_run with the arguments given inline: proc_runl(&r, 10000, "call",
