@@ -203,6 +203,14 @@ int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_
         for (size_t k = 0; k < NROWS; k++)
             if (strlen(rows[k].flag) == flen && strncmp(rows[k].flag, a + 2, flen) == 0)
                 r = &rows[k];
+        static const char *const cluster_flags[] = {"join", "key-file", "replicas", "profile"};
+        for (size_t k = 0; !r && k < sizeof cluster_flags / sizeof cluster_flags[0]; k++) {
+            if (strlen(cluster_flags[k]) == flen && strncmp(cluster_flags[k], a + 2, flen) == 0) {
+                snprintf(err, errlen, "--%s: clustering is not built yet; this node runs alone",
+                         cluster_flags[k]);
+                return -EINVAL;
+            }
+        }
         if (!r) {
             snprintf(err, errlen, "unknown option '%.*s' (see amesh node --help)", (int)flen + 2, a);
             return -EINVAL;

@@ -8,7 +8,8 @@
  * Children are made with fork + execv. Between the two the child calls only
  * async-signal-safe functions (the test process may have threads), and every
  * argument vector is built before the fork. */
-/* nftw (X/Open) and pipe2 (GNU) are beyond the project's POSIX level. */
+/* nftw (X/Open), pipe2 and close_range (GNU) are beyond the project's POSIX
+ * level. */
 #define _GNU_SOURCE
 #include "proc.h"
 
@@ -92,6 +93,9 @@ static void exec_child(pid_t parent, char *const *argv, int out, int err)
     int in = open("/dev/null", O_RDONLY);
     if (in < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
         _exit(127);
+    /* Nothing else of the test process (Criterion's pipes, other nodes'
+     * sockets) may stay open in the child. */
+    close_range(3, ~0u, 0);
     execv(argv[0], argv);
     static const char msg[] = "proc: cannot exec " AMESH_BIN "\n";
     if (write(2, msg, sizeof msg - 1) < 0)
