@@ -467,7 +467,9 @@ Test(node, hundred_thousand_actors_activate_deactivate_and_come_back)
             seen[i] = 1;
             cr_assert_eq(r.status, AM_ST_OK, "a%u: %s: %s", i, am_status_name(r.status),
                          body_msg(r.body, r.body_len));
-            cr_assert_eq(body_int(r.body, r.body_len), (int64_t)(i % 7 + 1), "a%u", i);
+            int64_t got = body_int(r.body, r.body_len);
+            cr_assert_eq(got, (int64_t)(i % 7 + 1), "add to a%u replied %lld, want %u", i,
+                         (long long)got, i % 7 + 1);
         }
     }
     int64_t took = proc_now_ms() - t0;
@@ -512,7 +514,9 @@ Test(node, hundred_thousand_actors_activate_deactivate_and_come_back)
     for (int k = 0; k < 1000; k++) {
         unsigned i = (unsigned)(rng_next(&seed) % MANY);
         snprintf(id, sizeof id, "a%u", i);
-        cr_assert_eq(call_int(c, "counter", id, "get", NULL), (int64_t)(i % 7 + 1), "a%u", i);
+        int64_t got = call_int(c, "counter", id, "get", NULL);
+        cr_assert_eq(got, (int64_t)(i % 7 + 1), "a%u came back as %lld, want %u", i,
+                     (long long)got, i % 7 + 1);
     }
     am_client_close(c);
 

@@ -689,3 +689,14 @@ Test(json, fails_cleanly_when_memory_runs_out)
     cr_assert(done_json && done_mp, "both conversions succeed with enough memory");
     ASSERT_NO_LEAKS();
 }
+
+/* Found by fuzz_json: a map key holding a NUL byte. */
+Test(json, escapes_a_nul_byte_in_a_map_key)
+{
+    static const uint8_t in[] = {0x82, 0xa1, 'a', 0x01, 0xa1, 0x00, 0x00};
+    struct am_buf out;
+    am_buf_init(&out);
+    cr_assert_eq(am_msgpack_to_json(in, sizeof in, &out), 0);
+    cr_assert_str_eq((const char *)out.data, "{\"a\":1,\"\\u0000\":0}");
+    am_buf_close(&out);
+}
