@@ -8,8 +8,10 @@
  *
  *   static int handle(void *data, const struct am_msg *m, struct am_out *out)
  *   {
- *       if (am_msg_action_is(m, "get"))
- *           return am_out_reply(out, m->state, m->state_len);
+ *       static const uint8_t nil = 0xc0;
+ *       if (am_msg_action_is(m, "get"))   // the state, or nil if none yet
+ *           return m->state_len ? am_out_reply(out, m->state, m->state_len)
+ *                               : am_out_reply(out, &nil, 1);
  *       return am_out_error(out, AM_ERR_NO_ACTION, "no action %.*s",
  *                           (int)m->action_len, m->action);
  *   }

@@ -356,16 +356,23 @@ static void write_done(struct am_store_write *w, int status)
     } else {
         char why[160];
         rt->st.write_errors++;
-        snprintf(why, sizeof why, "the new state of %s could not be committed: %s", act->key,
-                 am_strerror(status));
+        if (status == -ECANCELED)
+            snprintf(why, sizeof why,
+                     "the new state of %s was not committed: it followed a state whose write "
+                     "failed", act->key);
+        else
+            snprintf(why, sizeof why, "the new state of %s could not be committed: %s",
+                     act->key, am_strerror(status));
         am_log_error("%s", why);
         blob_unref(sw->state);
         if (durable) {
             /* Back to the last committed state: everything handled since is
              * answered with the error, so nothing acknowledged is undone and
-             * nothing answered as failed stays in effect. Writes already in
-             * flight carry states built on the failed one (poison_seq marks
-             * them), so a repair write of the committed state follows them.
+             * nothing answered as failed stays in effect. Writes of this
+             * actor already in flight carry states built on the failed one;
+             * the store cancels them (store.h). Should one commit anyway
+             * (poison_seq marks them), a repair write of the committed state
+             * follows.
              * The state is put back before any callback runs: a call made
              * from one must not see (and be acknowledged with) the failed
              * state, nor be failed with the replies it follows. */
@@ -542,7 +549,7 @@ static int evict_one(struct am_runtime *rt)
             actor_free(rt, a);
             return 1;
         }
-        if (a->dirty && !a->in_dirty)
+        if (a->dirty)
             flush_actor(rt, a);
     }
     return 0;
@@ -608,7 +615,7 @@ static void on_sweep(uv_timer_t *h)
         struct actor *prev = a->lru_prev;
         if (quiescent(a))
             actor_free(rt, a);
-        else if (a->dirty && !a->in_dirty)
+        else if (a->dirty)
             flush_actor(rt, a); /* snapshot first; freed by a later sweep */
         a = prev;
     }

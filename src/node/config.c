@@ -30,19 +30,19 @@ struct option_row {
 
 static const struct option_row rows[] = {
     {"name", K_STR, F(name), 0, "NAME      unique node name (default: the advertise address)"},
-    {"bind", K_ADDR, F(bind), 0, "HOST:PORT address to listen on, UDP and TCP (127.0.0.1:7946)"},
+    {"bind", K_ADDR, F(bind), 0, "HOST:PORT address of the client protocol (127.0.0.1:7946)"},
     {"advertise", K_ADDR, F(advertise), 0, "HOST:PORT address peers use (default: --bind)"},
     {"data", K_STR, F(data), 0, "DIR       data directory (./data)"},
     {"sync", K_SYNC, F(sync_interval_ms), 0, "MODE      durable | interval:MS (durable)"},
     {"log-level", K_LEVEL, F(log_level), 0, "LEVEL     error | warn | info | debug (info)"},
-    {"actors", K_LIB, 0, 0, 0, "LIB.so    load actor types from a shared library (repeatable)"},
+    {"actors", K_LIB, 0, 0, 0, "LIB.so    load actor types from a shared library (repeatable;\n                               AMESH_ACTORS takes one)"},
     {"max-payload", K_SIZE, F(max_payload), 64u << 20, "BYTES     largest message payload (2M)"},
     {"max-state", K_SIZE, F(max_state), 256u << 20, "BYTES     largest actor state (4M)"},
-    {"mailbox", K_UINT, F(mailbox), 1u << 20, "N         messages queued per actor (1024)"},
+    {"mailbox", K_UINT, F(mailbox), 1u << 20, "N         messages accepted, not yet answered, per actor (1024)"},
     {"max-actors", K_UINT, F(max_actors), 1u << 30, "N         active actors in memory (1000000)"},
     {"idle-timeout", K_UINT, F(idle_ms), 86400000, "MS        deactivate idle actors after (60000)"},
     {"max-connections", K_UINT, F(max_connections), 1u << 20, "N         client connections (10000)"},
-    {"max-inflight", K_UINT, F(max_inflight), 1u << 20, "N         requests in flight per connection (4096)"},
+    {"max-inflight", K_UINT, F(max_inflight), 1u << 20, "N         calls in flight per connection (4096)"},
 };
 
 #define NROWS (sizeof rows / sizeof rows[0])

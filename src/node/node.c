@@ -5,7 +5,8 @@
  *   2. let the runtime finish what is in flight and write every dirty actor;
  *   3. write the last replies and close the connections;
  *   4. close the runtime and the store (the writer thread commits what is
- *      queued), then the loop runs dry and the process exits 0. */
+ *      queued), then the loop runs dry and the process exits 0 (1 if, in
+ *      interval mode, a state could not be written at all). */
 #include "commands.h"
 #include "config.h"
 #include "server.h"
@@ -168,7 +169,7 @@ static int start(struct node *n, char *err, size_t errlen)
     }
     am_addr_parse(c->bind, 0, &bind);
     /* A request frame holds the payload plus names and headers; 4 KiB covers
-     * the largest envelope (3 names of at most 255 bytes and a few ints). */
+     * the largest envelope (names of 63, 255 and 63 bytes and a few ints). */
     struct am_server_opts vo = {
         .node_name = c->name,
         .max_frame = c->max_payload + 4096,

@@ -33,6 +33,10 @@
 /* Unsent output per connection before reading pauses: 8 MiB, or two of the
  * largest frames if those are bigger. */
 #define OUT_LIMIT_MIN (8u << 20)
+/* How long a stopping node waits for clients to read their last replies:
+ * long enough for any client that is reading (8 MiB drains in milliseconds
+ * on a LAN), short enough that a stuck one cannot stall a restart. */
+#define DRAIN_MS 5000
 
 struct conn {
     uv_tcp_t tcp;
@@ -50,6 +54,7 @@ struct am_server {
     uv_tcp_t listener;
     uv_check_t turn_check;
     uv_idle_t turn_idle;
+    uv_timer_t drain_timer; /* bounds how long closing waits for slow readers */
     struct am_runtime *rt;
     struct am_server_opts o;
     size_t out_limit;
@@ -370,6 +375,29 @@ static void on_reject_closed(uv_handle_t *h)
     am_free(h);
 }
 
+/* Accepts a connection only to tell it why it cannot stay, then closes it:
+ * the client learns the reason instead of waiting in the backlog. */
+static void reject(struct am_server *s, uv_stream_t *listener, int status, const char *msg)
+{
+    uv_tcp_t *t = am_malloc(sizeof *t);
+    if (!t) {
+        am_log_error("out of memory: cannot even refuse a connection");
+        return;
+    }
+    uv_tcp_init(s->loop, t);
+    if (uv_accept(listener, (uv_stream_t *)t) == 0) {
+        struct am_buf b;
+        am_buf_init(&b);
+        if (am_encode_error(&b, 0, status, msg) == 0) {
+            uv_buf_t ub = uv_buf_init((char *)b.data, (unsigned)b.len);
+            uv_try_write((uv_stream_t *)t, &ub, 1);
+        }
+        am_buf_close(&b);
+    }
+    s->st.rejected++;
+    uv_close((uv_handle_t *)t, on_reject_closed);
+}
+
 static void on_connection(uv_stream_t *listener, int status)
 {
     struct am_server *s = listener->data;
@@ -378,31 +406,17 @@ static void on_connection(uv_stream_t *listener, int status)
         return;
     }
     if (s->st.connections >= s->o.max_connections) {
-        /* Accept, say why, close: the client learns the reason instead of
-         * waiting in the backlog. */
-        uv_tcp_t *t = am_malloc(sizeof *t);
-        if (!t)
-            return;
-        uv_tcp_init(s->loop, t);
-        if (uv_accept(listener, (uv_stream_t *)t) == 0) {
-            struct am_buf b;
-            char msg[96];
-            am_buf_init(&b);
-            snprintf(msg, sizeof msg, "node has %u connections, the limit; retry later",
-                     s->o.max_connections);
-            if (am_encode_error(&b, 0, AM_ST_OVERLOADED, msg) == 0) {
-                uv_buf_t ub = uv_buf_init((char *)b.data, (unsigned)b.len);
-                uv_try_write((uv_stream_t *)t, &ub, 1);
-            }
-            am_buf_close(&b);
-        }
-        s->st.rejected++;
-        uv_close((uv_handle_t *)t, on_reject_closed);
+        char msg[96];
+        snprintf(msg, sizeof msg, "node has %u connections, the limit; retry later",
+                 s->o.max_connections);
+        reject(s, listener, AM_ST_OVERLOADED, msg);
         return;
     }
     struct conn *c = am_calloc(1, sizeof *c);
-    if (!c)
+    if (!c) {
+        reject(s, listener, AM_ST_OVERLOADED, "node is out of memory; retry later");
         return;
+    }
     c->srv = s;
     uv_tcp_init(s->loop, &c->tcp);
     c->tcp.data = c;
@@ -438,8 +452,9 @@ int am_server_start(struct am_server **out, uv_loop_t *loop, const struct sockad
     uv_tcp_init(loop, &s->listener);
     uv_check_init(loop, &s->turn_check);
     uv_idle_init(loop, &s->turn_idle);
-    s->listener.data = s->turn_check.data = s->turn_idle.data = s;
-    s->handles_open = 3;
+    uv_timer_init(loop, &s->drain_timer);
+    s->listener.data = s->turn_check.data = s->turn_idle.data = s->drain_timer.data = s;
+    s->handles_open = 4;
     int rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)addr, 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&s->listener, 511, on_connection);
@@ -481,7 +496,7 @@ static void on_server_handle_closed(uv_handle_t *h)
 /* Finishes am_server_close once every connection is gone. */
 static void maybe_finish_close(struct am_server *s)
 {
-    if (!s->closing || s->handles_open != 3)
+    if (!s->closing || s->handles_open != 4)
         return;
     for (struct conn *c = s->conns; c; c = c->next) {
         if (!c->writing && !c->out.len)
@@ -496,6 +511,24 @@ static void maybe_finish_close(struct am_server *s)
     }
     uv_close((uv_handle_t *)&s->turn_check, on_server_handle_closed);
     uv_close((uv_handle_t *)&s->turn_idle, on_server_handle_closed);
+    uv_close((uv_handle_t *)&s->drain_timer, on_server_handle_closed);
+}
+
+/* A client that stops reading must not hold a stopping node forever: after
+ * DRAIN_MS its connection is closed with whatever it has not read. */
+static void on_drain_timeout(uv_timer_t *h)
+{
+    struct am_server *s = h->data;
+    int n = 0;
+    for (struct conn *c = s->conns; c; c = c->next) {
+        if (!c->closing) {
+            conn_close(c);
+            n++;
+        }
+    }
+    if (n)
+        am_log_warn("closed %d connections that did not read their last replies in %d ms", n,
+                    DRAIN_MS);
 }
 
 void am_server_close(struct am_server *s, void (*done)(void *arg), void *arg)
@@ -504,6 +537,7 @@ void am_server_close(struct am_server *s, void (*done)(void *arg), void *arg)
     s->closing = 1;
     s->close_done = done;
     s->close_arg = arg;
+    uv_timer_start(&s->drain_timer, on_drain_timeout, DRAIN_MS, 0);
     maybe_finish_close(s);
 }
 

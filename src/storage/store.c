@@ -55,10 +55,12 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
@@ -107,8 +109,20 @@ _Static_assert(REC_OFF_SEQ + 8 == REC_OFF_SUM, "seq precedes the checksum");
 
 /* ---- the store ------------------------------------------------------------ */
 
+/* A key whose write failed at fail generation `gen`. Writes of that key
+ * submitted with an older generation (before the loop saw the failure) are
+ * cancelled. A burst of failures beyond MAX_FAILED distinct keys cancels every
+ * write submitted before the loop caught up: coarser, never wrong. */
+#define MAX_FAILED 256
+
+struct failed_key {
+    uint64_t hash;
+    uint64_t gen;
+};
+
 struct am_store {
     uv_loop_t *loop;
+    int dir_fd; /* holds the directory's flock */
     MDB_env *env;
     MDB_dbi meta_dbi, snap_dbi, repl_dbi;
     size_t max_map;
@@ -127,6 +141,14 @@ struct am_store {
 
     /* writer thread only */
     struct am_store_stats wstats;
+    uint64_t fail_gen;                   /* failures so far */
+    struct failed_key failed[MAX_FAILED]; /* keys whose failure the loop may not have seen */
+    unsigned nfailed;
+    int failed_overflow;                 /* more than MAX_FAILED: cancel every key */
+    uint64_t overflow_gen;
+
+    /* loop thread only, read by the writer under mu */
+    uint64_t seen_gen; /* the newest failure whose callback ran */
 
     /* loop thread only */
     struct am_store_write *dispatch, *dispatch_tail;
@@ -245,7 +267,8 @@ static int rec_check(const MDB_val *k, const MDB_val *v, const char **why)
 /* ---- open: the read-only validation pass ---------------------------------- */
 
 struct found {
-    uint64_t mapsize; /* the map size recorded in the file */
+    uint64_t mapsize;        /* the map size recorded in the file */
+    const char *expect_name; /* the name the node starts with, or NULL */
 };
 
 /* Checks every record of db `name`, if the file has one. */
@@ -285,7 +308,8 @@ static int check_records(MDB_txn *txn, const char *name, int required, const cha
 
 #define NOT_OURS "%s: an LMDB file without amesh metadata"
 
-static int validate_meta(MDB_txn *txn, const char *file, char *err, size_t errlen)
+static int validate_meta(MDB_txn *txn, const char *file, const char *expect_name, char *err,
+                         size_t errlen)
 {
     MDB_dbi meta;
     int rc = mdb_dbi_open(txn, "meta", 0, &meta);
@@ -323,6 +347,22 @@ static int validate_meta(MDB_txn *txn, const char *file, char *err, size_t errle
         return fail(err, errlen, AM_ECORRUPT, "%s: %s", file, mdb_strerror(rc));
     if (rc == 0 && v.mv_size != 8)
         return fail(err, errlen, AM_ECORRUPT, "%s: meta 'incarnation' is malformed", file);
+
+    /* A data directory is one node's identity: starting another name on it
+     * would hand that node's actors and incarnation to a stranger. */
+    k = (MDB_val){4, "name"};
+    rc = mdb_get(txn, meta, &k, &v);
+    if (rc && rc != MDB_NOTFOUND)
+        return fail(err, errlen, AM_ECORRUPT, "%s: %s", file, mdb_strerror(rc));
+    if (rc == 0 && expect_name &&
+        (v.mv_size != strlen(expect_name) || memcmp(v.mv_data, expect_name, v.mv_size) != 0)) {
+        char was[128];
+        printable(was, sizeof was, v.mv_data, v.mv_size < 100 ? v.mv_size : 100);
+        return fail(err, errlen, AM_EFOREIGN,
+                    "%s: belongs to node '%s', not '%s' (start it with --name '%s', or use "
+                    "another data directory)",
+                    file, was, expect_name, was);
+    }
     return 0;
 }
 
@@ -377,7 +417,7 @@ static int validate(const char *dir, const char *file, struct found *f, char *er
         ret = fail(err, errlen, lmdb_status(rc), "%s: %s", file, mdb_strerror(rc));
         goto out;
     }
-    ret = validate_meta(txn, file, err, errlen);
+    ret = validate_meta(txn, file, f->expect_name, err, errlen);
     if (!ret)
         ret = check_records(txn, "snapshots", 1, file, err, errlen);
     if (!ret)
@@ -544,20 +584,36 @@ int am_store_open(struct am_store **out, uv_loop_t *loop, const struct am_store_
         return fail(err, errlen, -ENOTDIR, "%s: not a directory", dir);
     }
 
+    /* One process per data directory: an advisory lock on the directory
+     * itself, taken before anything is read so that validation never sees
+     * another process's half-written state. It creates no file. */
+    int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd < 0)
+        return fail(err, errlen, -errno, "%s: %s", dir, strerror(errno));
+    if (flock(dir_fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        close(dir_fd);
+        if (e == EWOULDBLOCK)
+            return fail(err, errlen, -EBUSY, "%s: in use by another amesh process", dir);
+        return fail(err, errlen, -e, "%s: cannot lock: %s", dir, strerror(e));
+    }
+
     int has_data = 0;
     int rc = check_dir(dir, &has_data, err, errlen);
-    if (rc)
-        return rc;
-    struct found f = {0};
-    if (has_data) {
+    struct found f = {0, o->node_name};
+    if (!rc && has_data)
         rc = validate(dir, file, &f, err, errlen);
-        if (rc)
-            return rc;
+    if (rc) {
+        close(dir_fd);
+        return rc;
     }
 
     struct am_store *s = am_calloc(1, sizeof *s);
-    if (!s)
+    if (!s) {
+        close(dir_fd);
         return fail(err, errlen, -ENOMEM, "store: out of memory");
+    }
+    s->dir_fd = dir_fd;
     s->loop = loop;
     s->max_batch = o->max_batch ? o->max_batch : DEFAULT_MAX_BATCH;
     uint64_t max_map = o->max_map ? o->max_map : DEFAULT_MAX_MAP;
@@ -640,6 +696,7 @@ fail_sync:
         uv_mutex_destroy(&s->mu);
     if (have_rw)
         uv_rwlock_destroy(&s->maplock);
+    close(s->dir_fd);
     am_free(s);
     return rc;
 }
@@ -675,7 +732,8 @@ static int commit_batch(struct am_store *s, struct am_store_write *head, unsigne
             return write_status(rc);
         struct am_store_write *w = head;
         for (unsigned i = 0; i < n && !rc; i++, w = w->next)
-            rc = apply(s, txn, w);
+            if (w->status != -ECANCELED)
+                rc = apply(s, txn, w);
         MDB_stat ms;
         if (!rc)
             rc = mdb_stat(txn, s->snap_dbi, &ms);
@@ -707,6 +765,60 @@ static int commit_batch(struct am_store *s, struct am_store_write *head, unsigne
 
 /* Commits n writes from head, halving a failed batch until only the writes
  * that cannot be stored fail, and sets every status. */
+/* Forgets failures every write now carries the news of: a write submitted
+ * with generation g was submitted after the loop saw failures up to g. */
+static void prune_failed(struct am_store *s, uint64_t gen)
+{
+    unsigned k = 0;
+    for (unsigned i = 0; i < s->nfailed; i++)
+        if (s->failed[i].gen > gen)
+            s->failed[k++] = s->failed[i];
+    s->nfailed = k;
+    if (s->failed_overflow && s->overflow_gen <= gen)
+        s->failed_overflow = 0;
+}
+
+static int cancelled(const struct am_store *s, const struct am_store_write *w)
+{
+    if (s->failed_overflow && w->gen < s->overflow_gen)
+        return 1;
+    if (s->nfailed == 0)
+        return 0;
+    uint64_t h = XXH3_64bits(w->key, w->key_len);
+    for (unsigned i = 0; i < s->nfailed; i++)
+        if (s->failed[i].hash == h && w->gen < s->failed[i].gen)
+            return 1;
+    return 0;
+}
+
+static void remember_failed(struct am_store *s, const struct am_store_write *w)
+{
+    if (s->nfailed == MAX_FAILED) {
+        s->failed_overflow = 1;
+        s->overflow_gen = s->fail_gen;
+        return;
+    }
+    s->failed[s->nfailed].hash = XXH3_64bits(w->key, w->key_len);
+    s->failed[s->nfailed].gen = s->fail_gen;
+    s->nfailed++;
+}
+
+/* Marks the cancelled writes of a batch (see store.h); commit_batch skips
+ * them and process leaves their status alone. */
+static void mark_cancelled(struct am_store *s, struct am_store_write *head, unsigned n)
+{
+    /* Generations only grow along the queue, so no write still to come is
+     * older than the head of this batch: failures up to its generation can
+     * cancel nothing more. */
+    prune_failed(s, head->gen);
+    struct am_store_write *w = head;
+    for (unsigned i = 0; i < n; i++, w = w->next) {
+        w->status = cancelled(s, w) ? -ECANCELED : 0;
+        if (w->status)
+            s->wstats.failed++;
+    }
+}
+
 static void process(struct am_store *s, struct am_store_write *head, unsigned n)
 {
     int split;
@@ -720,13 +832,20 @@ static void process(struct am_store *s, struct am_store_write *head, unsigned n)
         process(s, second, n - half);
         return;
     }
+    if (rc)
+        s->fail_gen++;
     struct am_store_write *w = head;
     for (unsigned i = 0; i < n; i++, w = w->next) {
+        if (w->status == -ECANCELED)
+            continue;
         w->status = rc;
-        if (rc)
+        if (rc) {
             s->wstats.failed++;
-        else
+            w->gen_failed = s->fail_gen;
+            remember_failed(s, w);
+        } else {
             s->wstats.writes++;
+        }
     }
 }
 
@@ -753,6 +872,7 @@ static void writer_main(void *arg)
         tail->next = NULL;
         uv_mutex_unlock(&s->mu);
 
+        mark_cancelled(s, head, n);
         process(s, head, n);
 
         uv_mutex_lock(&s->mu);
@@ -807,6 +927,11 @@ static void run_callbacks(struct am_store *s)
         w->next = NULL;
         s->pending--;
         update_ref(s);
+        if (w->status && w->status != -ECANCELED && w->gen_failed > s->seen_gen) {
+            uv_mutex_lock(&s->mu);
+            s->seen_gen = w->gen_failed;
+            uv_mutex_unlock(&s->mu);
+        }
         if (w->cb)
             w->cb(w, w->status);
     }
@@ -830,6 +955,7 @@ int am_store_write(struct am_store *s, struct am_store_write *w, am_store_write_
     w->cb = cb;
     w->status = 0;
     w->next = NULL;
+    w->gen = s->seen_gen;
     uv_mutex_lock(&s->mu);
     if (s->queue_tail)
         s->queue_tail->next = w;
@@ -975,6 +1101,7 @@ void am_store_close(struct am_store *s)
         mdb_txn_abort(s->rtxn);
     s->rtxn = NULL;
     mdb_env_close(s->env);
+    close(s->dir_fd); /* releases the directory lock */
     s->env = NULL;
     uv_close((uv_handle_t *)&s->async, on_closed);
 }

@@ -53,7 +53,14 @@ typedef void (*am_store_write_cb)(struct am_store_write *w, int status);
 /* A write request, allocated and owned by the caller (like a uv_req_t). key
  * and state are borrowed until the callback runs; state_len 0 deletes the
  * record. status is 0 once committed and fsynced, else a negative code
- * (-ENOSPC for a full disk or map at max_map, AM_ESTORAGE otherwise). */
+ * (-ENOSPC for a full disk or map at max_map, AM_ESTORAGE otherwise).
+ *
+ * Once a write of a key fails, every later write of the same key that was
+ * submitted before the loop ran that failure's callback is cancelled, not
+ * committed (status -ECANCELED): such writes carry states built on the one
+ * that failed, and the caller rolls back to the last committed state when
+ * the failure reaches it. So a state whose write failed never reaches the
+ * disk through a later write. */
 struct am_store_write {
     const char *key;
     size_t key_len;
@@ -64,6 +71,8 @@ struct am_store_write {
     /* private */
     am_store_write_cb cb;
     int status;
+    uint64_t gen;        /* failures the loop had seen when this was submitted */
+    uint64_t gen_failed; /* the failure this write was, if it failed */
     struct am_store_write *next;
 };
 

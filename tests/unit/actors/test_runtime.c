@@ -1418,10 +1418,10 @@ Test(runtime, failed_commit_fails_held_replies_and_reverts_state)
 }
 
 /* Several writes of one actor can be in flight. When the first fails, the
- * ones behind it carry states built on the failed one: they commit, but
- * their callers are told they failed, and a repair write puts the committed
- * state back on disk. */
-Test(runtime, a_write_built_on_a_failed_one_fails_its_replies_and_is_repaired)
+ * ones behind it carry states built on the failed one: the store cancels
+ * them, their callers are told they failed, and the disk keeps the committed
+ * state. */
+Test(runtime, a_write_built_on_a_failed_one_is_cancelled_and_fails_its_replies)
 {
     small_map();
     locker_fork();
@@ -1445,7 +1445,7 @@ Test(runtime, a_write_built_on_a_failed_one_fails_its_replies_and_is_repaired)
     expect_text(&f[0], "kv/victim could not be committed");
     for (int i = 1; i < 3; i++) {
         expect_status(&f[i], AM_ST_STORAGE);
-        expect_text(&f[i], "earlier state");
+        expect_text(&f[i], "followed a state whose write failed");
     }
     cr_assert(f[0].order < f[1].order && f[1].order < f[2].order);
     struct rep r = call("kv", "victim", "get", NULL, 0);

@@ -1112,12 +1112,41 @@ Test(store, increments_incarnation_and_records_the_name_at_each_open)
     cr_assert_str_eq(m.name, "n1");
     close_store(s);
 
-    o.node_name = "n2";
+    o.node_name = "n1";
     s = open_with(&o);
     am_store_get_meta(s, &m);
     cr_assert_eq(m.incarnation, 3);
-    cr_assert_str_eq(m.name, "n2");
+    cr_assert_str_eq(m.name, "n1");
     close_store(s);
+    end_test();
+}
+
+Test(store, refuses_a_data_directory_of_another_node_name)
+{
+    struct am_store_opts o = opts();
+    o.node_name = "n1";
+    close_store(open_with(&o));
+    o.node_name = "n2";
+    struct am_store *s = NULL;
+    char err[512] = "";
+    cr_assert_eq(am_store_open(&s, &g_loop, &o, err, sizeof err), AM_EFOREIGN);
+    cr_assert_null(s);
+    cr_assert(strstr(err, "belongs to node 'n1', not 'n2'"), "%s", err);
+    o.node_name = "n1";
+    close_store(open_with(&o)); /* still fine under its own name */
+    end_test();
+}
+
+Test(store, refuses_a_data_directory_open_in_another_store)
+{
+    struct am_store_opts o = opts();
+    struct am_store *a = open_with(&o);
+    struct am_store *b = NULL;
+    char err[512] = "";
+    cr_assert_eq(am_store_open(&b, &g_loop, &o, err, sizeof err), -EBUSY);
+    cr_assert(strstr(err, "in use by another amesh process"), "%s", err);
+    close_store(a);
+    close_store(open_with(&o)); /* free again once closed */
     end_test();
 }
 
