@@ -57,8 +57,9 @@ struct msg {
     am_reply_fn cb;
     void *ctx;
     uint64_t req_id;
-    uint8_t *body; /* held reply or error text (msgpack), owned */
+    uint8_t *body; /* held reply or error text (msgpack): owned, or `small` */
     uint32_t body_len;
+    uint8_t small[16]; /* a short reply (a counter's value) needs no allocation */
     int status;
     uint32_t action_len, payload_len;
     uint8_t bytes[]; /* action, then payload */
@@ -100,6 +101,22 @@ struct actor {
     char key[]; /* "type/id", NUL-terminated */
 };
 
+/* A free list of fixed-size blocks. Under load a commit releases hundreds
+ * of messages, states and write requests at once; that burst overflows the
+ * C library's per-thread cache (7 blocks per size) and every free takes the
+ * slow path. Recycling them here keeps the hot path out of malloc. Blocks
+ * larger than the pool's size come from am_malloc as usual. */
+struct pool {
+    void *free;
+    size_t count;
+    size_t size;
+};
+
+/* 16,384 cached blocks of at most ~200 bytes: ~3 MiB per pool at worst,
+ * enough for the largest burst (mailbox x in-flight actors is far above it,
+ * but such a burst is also far rarer). */
+#define POOL_MAX 16384
+
 struct am_runtime {
     uv_loop_t *loop;
     struct am_store *store;
@@ -116,6 +133,7 @@ struct am_runtime {
     uv_timer_t sweep_timer;
     int handles_open;
     struct am_out out;
+    struct pool msgs, blobs, writes;
     struct am_runtime_stats st;
     uint64_t inflight_writes;
     int shutting;
@@ -131,11 +149,47 @@ static const uint8_t mp_nil = 0xc0;
  * node up for long. */
 #define SHUTDOWN_RETRIES 3
 
-static struct blob *blob_new(const void *p, size_t len)
+static void *pool_get(struct pool *p, size_t size)
+{
+    if (size > p->size)
+        return am_malloc(size);
+    void *b = p->free;
+    if (b) {
+        memcpy(&p->free, b, sizeof(void *));
+        p->count--;
+        return b;
+    }
+    return am_malloc(p->size);
+}
+
+static void pool_put(struct pool *p, void *b, size_t size)
+{
+    if (!b)
+        return;
+    if (size > p->size || p->count >= POOL_MAX) {
+        am_free(b);
+        return;
+    }
+    memcpy(b, &p->free, sizeof(void *));
+    p->free = b;
+    p->count++;
+}
+
+static void pool_drain(struct pool *p)
+{
+    while (p->free) {
+        void *b = p->free;
+        memcpy(&p->free, b, sizeof(void *));
+        am_free(b);
+    }
+    p->count = 0;
+}
+
+static struct blob *blob_new(struct am_runtime *rt, const void *p, size_t len)
 {
     if (len == 0)
         return NULL;
-    struct blob *b = am_malloc(sizeof *b + len);
+    struct blob *b = pool_get(&rt->blobs, sizeof *b + len);
     if (!b)
         return NULL;
     b->refs = 1;
@@ -151,10 +205,10 @@ static struct blob *blob_ref(struct blob *b)
     return b;
 }
 
-static void blob_unref(struct blob *b)
+static void blob_unref(struct am_runtime *rt, struct blob *b)
 {
     if (b && --b->refs == 0)
-        am_free(b);
+        pool_put(&rt->blobs, b, sizeof *b + b->len);
 }
 
 static void mq_push(struct mq *q, struct msg *m)
@@ -264,8 +318,8 @@ static void actor_free(struct am_runtime *rt, struct actor *a)
 {
     table_remove(rt, a);
     lru_unlink(rt, a);
-    blob_unref(a->state);
-    blob_unref(a->committed);
+    blob_unref(rt, a->state);
+    blob_unref(rt, a->committed);
     am_free(a);
     rt->count--;
     rt->st.active = rt->count;
@@ -273,6 +327,19 @@ static void actor_free(struct am_runtime *rt, struct actor *a)
 }
 
 /* ---- replies ------------------------------------------------------------ */
+
+static void body_free(struct msg *m)
+{
+    if (m->body != m->small)
+        am_free(m->body);
+    m->body = NULL;
+}
+
+static void msg_free(struct am_runtime *rt, struct msg *m)
+{
+    body_free(m);
+    pool_put(&rt->msgs, m, sizeof *m + m->action_len + m->payload_len);
+}
 
 static void msg_finish(struct am_runtime *rt, struct actor *act, struct msg *m)
 {
@@ -287,8 +354,7 @@ static void msg_finish(struct am_runtime *rt, struct actor *act, struct msg *m)
             am_log_debug("cast to %s failed: %s", act->key, am_status_name(m->status));
     }
     act->pending--;
-    am_free(m->body);
-    am_free(m);
+    msg_free(rt, m);
 }
 
 /* Replaces a held message's outcome by an error. */
@@ -298,8 +364,7 @@ static void msg_set_error(struct msg *m, int status, const char *text)
     struct am_buf b;
     am_buf_init(&b);
     am_mp_packer_init(&pk, &b);
-    am_free(m->body);
-    m->body = NULL;
+    body_free(m);
     m->status = status;
     if (am_mp_pack_str(&pk, text, strlen(text)) == 0) {
         size_t n;
@@ -342,7 +407,7 @@ static void write_done(struct am_store_write *w, int status)
     int durable = rt->o.sync_interval_ms == 0;
     if (status == 0 && (sw->seq > act->poison_seq || !durable)) {
         rt->st.snapshots++;
-        blob_unref(act->committed);
+        blob_unref(rt, act->committed);
         act->committed = sw->state;
         act->committed_seq = sw->seq;
         release_all(rt, act, &sw->waiters);
@@ -351,7 +416,7 @@ static void write_done(struct am_store_write *w, int status)
          * are told it failed, and the repair write queued at that failure
          * (below) puts the committed state back on disk after it. */
         rt->st.snapshots++;
-        blob_unref(sw->state);
+        blob_unref(rt, sw->state);
         fail_all(rt, act, &sw->waiters, "an earlier state of this actor could not be committed");
     } else {
         char why[160];
@@ -364,7 +429,7 @@ static void write_done(struct am_store_write *w, int status)
             snprintf(why, sizeof why, "the new state of %s could not be committed: %s",
                      act->key, am_strerror(status));
         am_log_error("%s", why);
-        blob_unref(sw->state);
+        blob_unref(rt, sw->state);
         if (durable) {
             /* Back to the last committed state: everything handled since is
              * answered with the error, so nothing acknowledged is undone and
@@ -379,7 +444,7 @@ static void write_done(struct am_store_write *w, int status)
             struct mq failed = sw->waiters;
             sw->waiters.head = sw->waiters.tail = NULL;
             mq_append(&failed, &act->held);
-            blob_unref(act->state);
+            blob_unref(rt, act->state);
             act->state = blob_ref(act->committed);
             act->poison_seq = act->seq;
             if (act->inflight) {
@@ -401,7 +466,7 @@ static void write_done(struct am_store_write *w, int status)
             act->dirty = 1; /* retried at the next interval */
         }
     }
-    am_free(sw);
+    pool_put(&rt->writes, sw, sizeof *sw);
     /* Interval mode too: a failed write must be back on the dirty list to be
      * retried at the next interval (or at shutdown). */
     if (act->dirty)
@@ -412,7 +477,9 @@ static void write_done(struct am_store_write *w, int status)
 /* Submits a write of the actor's current state. */
 static void flush_actor(struct am_runtime *rt, struct actor *act)
 {
-    struct snap_write *sw = am_calloc(1, sizeof *sw);
+    struct snap_write *sw = pool_get(&rt->writes, sizeof *sw);
+    if (sw)
+        memset(sw, 0, sizeof *sw);
     if (!sw) {
         mark_dirty(rt, act); /* try again at the next flush */
         return;
@@ -441,6 +508,7 @@ static void flush_dirty(struct am_runtime *rt)
 {
     struct actor *list = rt->dirty;
     rt->dirty = NULL;
+    am_store_begin(rt->store);
     while (list) {
         struct actor *act = list;
         list = act->dirty_next;
@@ -448,6 +516,7 @@ static void flush_dirty(struct am_runtime *rt)
         if (act->dirty)
             flush_actor(rt, act);
     }
+    am_store_end(rt->store);
 }
 
 static void on_flush_check(uv_check_t *h)
@@ -495,11 +564,11 @@ static void handle(struct am_runtime *rt, struct actor *act, struct msg *m)
     am_out_reset(out);
     int rc = act->type->handle(act->type->data, &in, out);
     if (rc == 0 && out->state_set) {
-        struct blob *b = blob_new(out->state.data, out->state.len);
+        struct blob *b = blob_new(rt, out->state.data, out->state.len);
         if (out->state.len && !b) {
             rc = am_out_error(out, AM_EHANDLER, "out of memory");
         } else {
-            blob_unref(act->state);
+            blob_unref(rt, act->state);
             act->state = b;
             act->seq++;
             mark_dirty(rt, act);
@@ -509,8 +578,14 @@ static void handle(struct am_runtime *rt, struct actor *act, struct msg *m)
         m->status = AM_ST_OK;
         if (out->reply_set && m->cb) {
             size_t n;
-            m->body = am_buf_steal(&out->reply, &n);
-            m->body_len = (uint32_t)n;
+            if (out->reply.len <= sizeof m->small) {
+                memcpy(m->small, out->reply.data, out->reply.len);
+                m->body = m->small;
+                m->body_len = (uint32_t)out->reply.len;
+            } else {
+                m->body = am_buf_steal(&out->reply, &n);
+                m->body_len = (uint32_t)n;
+            }
         }
     } else {
         if (rc > 0)
@@ -575,12 +650,12 @@ static int activate(struct am_runtime *rt, const struct am_actor_type *type, con
         return AM_ESTORAGE;
     }
     struct actor *a = am_calloc(1, sizeof *a + key_len + 1);
-    struct blob *b = rc == 0 ? blob_new(state.data, state.len) : NULL;
+    struct blob *b = rc == 0 ? blob_new(rt, state.data, state.len) : NULL;
     int nomem = !a || (rc == 0 && state.len && !b);
     am_buf_close(&state);
     if (nomem) {
         am_free(a);
-        blob_unref(b);
+        blob_unref(rt, b);
         snprintf(err, errlen, "out of memory");
         return AM_EOVERLOAD;
     }
@@ -670,7 +745,7 @@ int am_runtime_submit(struct am_runtime *rt, uint64_t req_id, const char *type, 
         rc = AM_EBUSY;
         goto refused;
     }
-    struct msg *m = am_malloc(sizeof *m + action_len + payload_len);
+    struct msg *m = pool_get(&rt->msgs, sizeof *m + action_len + payload_len);
     if (!m) {
         snprintf(err, errlen, "out of memory");
         rc = AM_EOVERLOAD;
@@ -712,6 +787,11 @@ int am_runtime_new(struct am_runtime **out, uv_loop_t *loop, struct am_store *st
     rt->reg = reg;
     rt->o = *o;
     rt->nbuckets = 1024;
+    /* Pool block sizes: a message with a short action and payload (a
+     * counter add is ~6 bytes of both), a state of up to 32 bytes, a write. */
+    rt->msgs.size = sizeof(struct msg) + 64;
+    rt->blobs.size = sizeof(struct blob) + 32;
+    rt->writes.size = sizeof(struct snap_write);
     rt->table = am_calloc(rt->nbuckets, sizeof *rt->table);
     if (!rt->table) {
         am_free(rt);
@@ -793,6 +873,9 @@ void am_runtime_free(struct am_runtime *rt)
     }
     am_free(rt->table);
     am_out_close(&rt->out);
+    pool_drain(&rt->msgs);
+    pool_drain(&rt->blobs);
+    pool_drain(&rt->writes);
     uv_close((uv_handle_t *)&rt->flush_check, on_handle_closed);
     uv_close((uv_handle_t *)&rt->sync_timer, on_handle_closed);
     uv_close((uv_handle_t *)&rt->sweep_timer, on_handle_closed);

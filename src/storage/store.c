@@ -150,7 +150,11 @@ struct am_store {
     /* loop thread only, read by the writer under mu */
     uint64_t seen_gen; /* the newest failure whose callback ran */
 
+    int writer_idle; /* under mu: the writer waits on cond */
+
     /* loop thread only */
+    struct am_store_write *stage, *stage_tail; /* submitted, not yet handed over */
+    int staging;                               /* am_store_begin depth */
     struct am_store_write *dispatch, *dispatch_tail;
     uint64_t pending;
     int async_ref;
@@ -854,8 +858,11 @@ static void writer_main(void *arg)
     struct am_store *s = arg;
     for (;;) {
         uv_mutex_lock(&s->mu);
-        while (!s->queue && !s->stopping)
+        while (!s->queue && !s->stopping) {
+            s->writer_idle = 1;
             uv_cond_wait(&s->cond, &s->mu);
+            s->writer_idle = 0;
+        }
         if (!s->queue) { /* stopping, and everything queued is done */
             uv_mutex_unlock(&s->mu);
             return;
@@ -944,6 +951,24 @@ static void on_async(uv_async_t *h)
     run_callbacks(s);
 }
 
+/* Hands the staged writes to the writer thread: one lock and at most one
+ * wake-up for a whole loop turn's writes. */
+static void publish(struct am_store *s)
+{
+    if (!s->stage)
+        return;
+    uv_mutex_lock(&s->mu);
+    if (s->queue_tail)
+        s->queue_tail->next = s->stage;
+    else
+        s->queue = s->stage;
+    s->queue_tail = s->stage_tail;
+    if (s->writer_idle)
+        uv_cond_signal(&s->cond);
+    uv_mutex_unlock(&s->mu);
+    s->stage = s->stage_tail = NULL;
+}
+
 int am_store_write(struct am_store *s, struct am_store_write *w, am_store_write_cb cb)
 {
     if (s->closing)
@@ -956,17 +981,27 @@ int am_store_write(struct am_store *s, struct am_store_write *w, am_store_write_
     w->status = 0;
     w->next = NULL;
     w->gen = s->seen_gen;
-    uv_mutex_lock(&s->mu);
-    if (s->queue_tail)
-        s->queue_tail->next = w;
+    if (s->stage_tail)
+        s->stage_tail->next = w;
     else
-        s->queue = w;
-    s->queue_tail = w;
-    uv_cond_signal(&s->cond);
-    uv_mutex_unlock(&s->mu);
+        s->stage = w;
+    s->stage_tail = w;
     s->pending++;
     update_ref(s);
+    if (s->staging == 0)
+        publish(s);
     return 0;
+}
+
+void am_store_begin(struct am_store *s)
+{
+    s->staging++;
+}
+
+void am_store_end(struct am_store *s)
+{
+    if (--s->staging == 0)
+        publish(s);
 }
 
 static int read_begin(struct am_store *s)
@@ -1089,6 +1124,7 @@ void am_store_close(struct am_store *s)
 {
     if (!s || s->closing)
         return;
+    publish(s); /* anything staged by a caller that never called am_store_end */
     s->closing = 1;
     uv_mutex_lock(&s->mu);
     s->stopping = 1;

@@ -121,6 +121,12 @@ int am_store_write(struct am_store *s, struct am_store_write *w, am_store_write_
 int am_store_get(struct am_store *s, const char *key, size_t key_len, struct am_buf *state,
                  uint64_t *epoch, uint64_t *seq);
 
+/* Between am_store_begin and am_store_end (nestable) writes are staged and
+ * handed to the writer thread together at the end, under one lock and one
+ * wake-up. Order and callbacks are as if each was submitted alone. */
+void am_store_begin(struct am_store *s);
+void am_store_end(struct am_store *s);
+
 void am_store_get_meta(const struct am_store *s, struct am_store_meta *m);
 void am_store_get_stats(struct am_store *s, struct am_store_stats *st);
 
