@@ -7,8 +7,8 @@ set -eu
 level=${1:-build}
 
 build="build-essential cmake pkg-config libuv1-dev libmsgpack-dev libxxhash-dev liblmdb-dev libjansson-dev"
-test="libcriterion-dev clang libclang-rt-14-dev lmdb-utils"
-bench="redis-server redis-tools gnuplot-nox"
+test="libcriterion-dev clang libclang-rt-14-dev"
+bench="redis-server redis-tools"
 
 case "$level" in
     build) want="$build" ;;
