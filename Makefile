@@ -39,9 +39,10 @@ fuzz:
 	cmake --build build-fuzz -j $(JOBS)
 	tests/fuzz/run build-fuzz $(FUZZ_SECONDS)
 
+# The standard scenarios and a report with plots in bench/results/DATE/.
 bench: build
 	@scripts/deps.sh bench
-	AMESH=$(BUILD)/amesh bench/single-node
+	AMESH=$(BUILD)/amesh bench/run
 
 clean:
 	rm -rf $(BUILD) build-asan build-fuzz

@@ -8,7 +8,7 @@ level=${1:-build}
 
 build="build-essential cmake pkg-config libuv1-dev libmsgpack-dev libxxhash-dev liblmdb-dev libjansson-dev"
 test="libcriterion-dev clang libclang-rt-14-dev"
-bench="redis-server redis-tools"
+bench="redis-server redis-tools gnuplot-nox"
 
 case "$level" in
     build) want="$build" ;;

@@ -64,6 +64,7 @@ const char am_bench_usage[] =
     "                   [--actors N] [--connections C] [--pipeline P]\n"
     "                   [--duration S | --requests N] [--warmup S] [--payload BYTES]\n"
     "                   [--skew THETA] [--seed N] [--timeout MS] [--json] [--verify]\n"
+    "                   [--series FILE] [--cdf FILE]\n"
     "\n"
     "  --node         nodes to load, connections spread round-robin (127.0.0.1:7946)\n"
     "  --type         actor type (counter)\n"
@@ -80,7 +81,11 @@ const char am_bench_usage[] =
     "  --seed         seed of the actor choice (1)\n"
     "  --timeout      per request, in milliseconds (5000)\n"
     "  --json         print one JSON object with the figures\n"
-    "  --verify       counter/add only: check every actor's value after the run\n";
+    "  --verify       counter/add only: check every actor's value after the run\n"
+    "  --series       write one CSV line per measured second to FILE:\n"
+    "                 second,requests,errors,rps,p50_us,p99_us\n"
+    "  --cdf          write the latency distribution of the measured window to FILE:\n"
+    "                 percentile,latency_us for 0..99, 99.1..99.9, 99.91..99.99, 100\n";
 
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt,
                                                       ...)
@@ -221,7 +226,7 @@ int am_bench_parse(struct am_bench_opts *o, int argc, char **argv, char *err, si
         static const char *const valued[] = {
             "--node",     "--type",     "--action",   "--actors", "--connections",
             "--pipeline", "--duration", "--requests", "--warmup", "--payload",
-            "--skew",     "--seed",     "--timeout",
+            "--skew",     "--seed",     "--timeout",  "--series", "--cdf",
         };
         int known = is_switch;
         for (size_t k = 0; !known && k < sizeof valued / sizeof *valued; k++)
@@ -297,6 +302,13 @@ int am_bench_parse(struct am_bench_opts *o, int argc, char **argv, char *err, si
         } else if (strcmp(flag, "--seed") == 0) {
             if (parse_u64(val, 0, &o->seed))
                 return fail(err, errlen, "--seed must be a non-negative integer, not '%s'", val);
+        } else if (strcmp(flag, "--series") == 0 || strcmp(flag, "--cdf") == 0) {
+            if (val[0] == '\0')
+                return fail(err, errlen, "%s needs a file name", flag);
+            if (strcmp(flag, "--series") == 0)
+                o->series = val;
+            else
+                o->cdf = val;
         } else if (strcmp(flag, "--timeout") == 0) {
             if (parse_long(val, 1, AM_BENCH_MAX_TIMEOUT_MS, &o->timeout_ms))
                 return fail(err, errlen,
@@ -308,6 +320,9 @@ int am_bench_parse(struct am_bench_opts *o, int argc, char **argv, char *err, si
         return fail(err, errlen, "--duration and --requests exclude each other: give one");
     if (have_requests)
         o->duration = 0;
+    if (o->series && o->cdf && strcmp(o->series, o->cdf) == 0)
+        return fail(err, errlen, "--series and --cdf must name different files, not both '%s'",
+                    o->cdf);
     if (o->verify && !am_bench_int_payload(o))
         return fail(err, errlen,
                     "--verify works only with --type counter --action add and the default "
@@ -406,6 +421,13 @@ struct bench {
     uint64_t nonretryable;
     /* Over the whole run. */
     uint64_t lost_conns, timeouts;
+    /* --series: the second of the window being counted (0-based), the last
+     * one there can be, and the window's totals when it began. */
+    FILE *series_f;
+    struct am_hist *sec_hist;
+    uint64_t sec_cur, sec_cap;
+    uint64_t sec_done0, sec_ok0, sec_errors0;
+    FILE *cdf_f; /* --cdf, written after the run */
     /* The progress window (warm-up included). */
     struct am_hist *win;
     uint64_t win_ok;
@@ -501,6 +523,75 @@ static void count_error(struct bench *b, int kind)
         b->nonretryable++;
 }
 
+static double us_of(uint64_t ns)
+{
+    return round((double)ns / 100.0) / 10.0; /* 0.1 us */
+}
+
+/* The second of the window, 0-based, that a completion at `now` belongs to.
+ * Seconds are (k, k + 1] so that the one ending exactly at the end of the
+ * window is its last; completions after the --duration deadline (the run
+ * stops at the end of the callback that sees it) go to the last second. */
+static uint64_t series_second(const struct bench *b, uint64_t now)
+{
+    uint64_t d = now - b->t_warm_end;
+    uint64_t i = d ? (d - 1) / NS_PER_S : 0;
+    return i < b->sec_cap ? i : b->sec_cap;
+}
+
+/* Writes the line of second i, len_ns long, and starts the next second. */
+static void series_emit(struct bench *b, uint64_t i, uint64_t len_ns)
+{
+    uint64_t ok = b->ok - b->sec_ok0;
+    double rps = len_ns ? (double)ok * 1e9 / (double)len_ns : 0;
+    fprintf(b->series_f, "%llu,%llu,%llu,%.0f,", (unsigned long long)i + 1,
+            (unsigned long long)(b->done - b->sec_done0),
+            (unsigned long long)(b->errors - b->sec_errors0), rps);
+    if (ok)
+        fprintf(b->series_f, "%.1f,%.1f\n", us_of(am_hist_percentile(b->sec_hist, 50)),
+                us_of(am_hist_percentile(b->sec_hist, 99)));
+    else
+        fputs(",\n", b->series_f); /* no latency to report, rather than a false 0 */
+    am_hist_reset(b->sec_hist);
+    b->sec_done0 = b->done;
+    b->sec_ok0 = b->ok;
+    b->sec_errors0 = b->errors;
+}
+
+/* Called before a completion at `now` is counted: writes every second that
+ * ended before it, the empty ones included. */
+static void series_roll(struct bench *b, uint64_t now)
+{
+    if (!b->series_f)
+        return;
+    uint64_t i = series_second(b, now);
+    for (; b->sec_cur < i; b->sec_cur++)
+        series_emit(b, b->sec_cur, NS_PER_S);
+}
+
+/* After the run: writes the seconds left, up to the end of the window. */
+static void series_finish(struct bench *b)
+{
+    if (!b->series_f || !b->t_warm_end || b->t_end <= b->t_warm_end)
+        return; /* no measured window */
+    uint64_t last = series_second(b, b->t_end);
+    for (; b->sec_cur < last; b->sec_cur++)
+        series_emit(b, b->sec_cur, NS_PER_S);
+    series_emit(b, last, b->t_end - b->t_warm_end - last * NS_PER_S);
+}
+
+/* The latency distribution of the window. Percentiles are stepped in
+ * hundredths so that 99.91 is exact: 0..99 by 1, 99.1..99.9 by 0.1,
+ * 99.91..100 by 0.01 (119 lines). */
+static void cdf_write(const struct bench *b, FILE *f)
+{
+    fputs("percentile,latency_us\n", f);
+    if (am_hist_count(b->hist) == 0)
+        return;
+    for (unsigned h = 0; h <= 10000; h += h < 9900 ? 100 : h < 9990 ? 10 : 1)
+        fprintf(f, "%g,%.1f\n", h / 100.0, us_of(am_hist_percentile(b->hist, h / 100.0)));
+}
+
 /* One request finished in the window (the caller checked counting()). */
 static void count_done(struct bench *b, uint64_t now)
 {
@@ -540,6 +631,7 @@ static void settle_lost(struct bench *b, struct slot *sl, int kind, uint64_t now
     if (b->unknown)
         b->unknown[sl->actor]++;
     if (counting(b, now)) {
+        series_roll(b, now);
         count_error(b, kind);
         count_done(b, now);
     }
@@ -767,8 +859,11 @@ static void complete(struct conn *c, uint32_t s, const struct am_reply *r, uint6
     }
     if (!counting(b, now))
         return;
+    series_roll(b, now);
     if (r->status == AM_ST_OK) {
         am_hist_record(b->hist, lat);
+        if (b->sec_hist)
+            am_hist_record(b->sec_hist, lat);
         b->ok++;
     } else {
         count_error(b, r->status < AM_ST__COUNT ? r->status : KIND_UNKNOWN_STATUS);
@@ -969,8 +1064,12 @@ static void start_run(struct bench *b)
     b->phase = PH_RUN;
     b->t_start = b->t_progress = b->t_last_done = now;
     b->t_warm_end = now + (uint64_t)(b->o->warmup * (double)NS_PER_S);
-    if (b->o->duration > 0)
-        b->t_run_deadline = b->t_warm_end + (uint64_t)(b->o->duration * (double)NS_PER_S);
+    b->sec_cap = UINT64_MAX;
+    if (b->o->duration > 0) {
+        uint64_t d = (uint64_t)(b->o->duration * (double)NS_PER_S);
+        b->t_run_deadline = b->t_warm_end + d;
+        b->sec_cap = d ? (d - 1) / NS_PER_S : 0; /* the last second the deadline reaches */
+    }
     for (size_t i = 0; i < b->nconns; i++)
         conn_fill(&b->conns[i], now);
 }
@@ -1217,6 +1316,11 @@ static int bench_alloc(struct bench *b)
     b->win = am_hist_new();
     if (!b->conns || !b->dirty || !b->slots || !b->free || !b->hist || !b->win)
         return -ENOMEM;
+    if (o->series) {
+        b->sec_hist = am_hist_new();
+        if (!b->sec_hist)
+            return -ENOMEM;
+    }
     if (o->skew > 0 && build_cdf(b))
         return -ENOMEM;
     if (o->verify) {
@@ -1263,6 +1367,7 @@ static void bench_free(struct bench *b)
     am_free(b->free);
     am_hist_free(b->hist);
     am_hist_free(b->win);
+    am_hist_free(b->sec_hist);
     am_free(b->cdf);
     am_free(b->acked);
     am_free(b->unknown);
@@ -1290,11 +1395,6 @@ static const char *kind_name(int kind)
 struct figures {
     double seconds, rps, p50, p90, p99, p999, max; /* latencies in us */
 };
-
-static double us_of(uint64_t ns)
-{
-    return round((double)ns / 100.0) / 10.0; /* 0.1 us */
-}
 
 static void compute(const struct bench *b, struct figures *f)
 {
@@ -1424,6 +1524,60 @@ static void print_human(const struct bench *b, const struct figures *f)
     }
 }
 
+/* Creates the --series and --cdf files before the run, so that a path that
+ * cannot be written costs no run. Returns 0 or -1 (reported). */
+static int open_files(struct bench *b)
+{
+    const struct am_bench_opts *o = b->o;
+    if (o->series) {
+        b->series_f = fopen(o->series, "w");
+        if (!b->series_f) {
+            fprintf(stderr, "amesh bench: cannot write --series %s: %s\n", o->series,
+                    strerror(errno));
+            return -1;
+        }
+        fputs("second,requests,errors,rps,p50_us,p99_us\n", b->series_f);
+    }
+    if (o->cdf) {
+        b->cdf_f = fopen(o->cdf, "w");
+        if (!b->cdf_f) {
+            fprintf(stderr, "amesh bench: cannot write --cdf %s: %s\n", o->cdf, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Closes one file; returns -1 (reported) when any write to it failed. */
+static int close_file(FILE **f, const char *flag, const char *path)
+{
+    if (!*f)
+        return 0;
+    int bad = ferror(*f);
+    int rc = fclose(*f);
+    *f = NULL;
+    if (!bad && rc == 0)
+        return 0;
+    fprintf(stderr, "amesh bench: writing %s %s failed%s%s\n", flag, path, rc ? ": " : "",
+            rc ? strerror(errno) : "");
+    return -1;
+}
+
+/* Ends the files after the run (complete) or without one. */
+static int close_files(struct bench *b, int complete)
+{
+    if (complete) {
+        if (b->series_f)
+            series_finish(b);
+        if (b->cdf_f)
+            cdf_write(b, b->cdf_f);
+    }
+    int rc = close_file(&b->series_f, "--series", b->o->series);
+    if (close_file(&b->cdf_f, "--cdf", b->o->cdf))
+        rc = -1;
+    return rc;
+}
+
 static int bench_run(const struct am_bench_opts *o)
 {
     struct bench bs, *b = &bs;
@@ -1438,10 +1592,16 @@ static int bench_run(const struct am_bench_opts *o)
         bench_free(b);
         return AM_EXIT_ERROR;
     }
+    if (open_files(b)) {
+        close_files(b, 0);
+        bench_free(b);
+        return AM_EXIT_ERROR;
+    }
     raise_nofile(o->connections);
     int rc = uv_loop_init(&b->loop);
     if (rc) {
         fprintf(stderr, "amesh bench: cannot start the event loop: %s\n", uv_strerror(rc));
+        close_files(b, 0);
         bench_free(b);
         return AM_EXIT_ERROR;
     }
@@ -1468,6 +1628,7 @@ static int bench_run(const struct am_bench_opts *o)
         fputc('\n', stderr);
     if (b->start_failed) {
         fprintf(stderr, "amesh bench: %s\n", b->start_err);
+        close_files(b, 0);
         bench_free(b);
         return b->interrupted ? AM_EXIT_ERROR : AM_EXIT_UNAVAILABLE;
     }
@@ -1518,6 +1679,8 @@ static int bench_run(const struct am_bench_opts *o)
         code = AM_EXIT_ERROR;
     }
     if (o->verify && (v.low || v.high || v.unread))
+        code = AM_EXIT_ERROR;
+    if (close_files(b, 1))
         code = AM_EXIT_ERROR;
     bench_free(b);
     return code;

@@ -16,6 +16,22 @@
  *   p50..max  latency of successful requests, from the moment a request is
  *             queued for writing to the moment its reply is parsed
  *
+ * Files. --series FILE writes one CSV line per second of the measured
+ * window, after the header "second,requests,errors,rps,p50_us,p99_us":
+ * second 1 is the first second after the warm-up; requests and errors count
+ * what completed in that second, as above; rps is its successes divided by
+ * its length (1 s, except the last second of a --requests run, or of a run
+ * cut short, which may be shorter); p50_us and p99_us are empty when nothing
+ * succeeded in it. With --duration the last line also takes the requests
+ * that completed in the few milliseconds between the deadline and the stop,
+ * so a run of --duration 10 has exactly 10 lines.
+ * --cdf FILE writes the latency distribution of the whole window as CSV,
+ * after the header "percentile,latency_us": the percentiles 0, 1, .. 99,
+ * then 99.1 .. 99.9, 99.91 .. 99.99 and 100 (the maximum), 119 lines; only
+ * the header when nothing succeeded. Both files are created (truncated)
+ * before the run starts, so a path that cannot be written fails at once
+ * (exit 1) instead of after the run.
+ *
  * Connections. A connection counts as up once the node acknowledged its
  * HELLO; only then are requests sent on it. All C connections must come up
  * within --timeout at the start. A lost connection is retried with a backoff
@@ -26,9 +42,9 @@
  * request timed out or a node refused a connection (the figures are then
  * partial), when the run was interrupted (SIGINT), when any request failed
  * with a non-retryable status (a misconfigured bench must not look green;
- * busy, overloaded and shutting_down are part of the measurement), or when
- * --verify found a mismatch; 2 for bad usage; 69 when a node cannot be
- * reached at the start.
+ * busy, overloaded and shutting_down are part of the measurement), when
+ * --verify found a mismatch, or when --series or --cdf could not be written;
+ * 2 for bad usage; 69 when a node cannot be reached at the start.
  *
  * --verify (counter/add with the default payload 1 only) needs actors that
  * start at 0, so it uses the ids "bench-<tag>-<i>" with <tag> 8 random hex
@@ -85,6 +101,8 @@ struct am_bench_opts {
     double skew;       /* Zipf exponent; 0: uniform */
     uint64_t seed;
     long timeout_ms;
+    const char *series; /* --series FILE, or NULL; borrowed from argv */
+    const char *cdf;    /* --cdf FILE, or NULL; borrowed from argv */
     int json;
     int verify;
     int help;
@@ -92,7 +110,8 @@ struct am_bench_opts {
 
 /* Fills o with the defaults, then applies argv[1..argc) (argv[0] is the
  * subcommand name). Returns 0, or -EINVAL with a one-line reason in err
- * (always NUL-terminated when errlen > 0). Nothing is allocated. With
+ * (always NUL-terminated when errlen > 0). Nothing is allocated; o->series
+ * and o->cdf point into argv, so argv must outlive o. With
  * --help, o->help is set and the other flags are still checked. */
 int am_bench_parse(struct am_bench_opts *o, int argc, char **argv, char *err, size_t errlen);
 

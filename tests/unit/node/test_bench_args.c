@@ -69,6 +69,8 @@ Test(bench_args, uses_the_documented_defaults)
     cr_assert_eq(o.timeout_ms, 5000);
     cr_assert_eq(o.json, 0);
     cr_assert_eq(o.verify, 0);
+    cr_assert_null(o.series);
+    cr_assert_null(o.cdf);
     cr_assert_eq(o.help, 0);
     cr_assert_str_eq(err, "");
     LEAK_CHECK();
@@ -315,6 +317,47 @@ Test(bench_args, refuses_bad_type_and_action_names)
     assert_refused(PARSE("--type", "a/b"), "must not contain '/'");
     assert_refused(PARSE("--action", ""), "--action must be 1 to 63 characters");
     assert_refused(PARSE("--action", longname), "--action");
+}
+
+Test(bench_args, takes_the_series_and_cdf_file_names_as_given)
+{
+    char *argv[] = {"bench", "--series", "out/series.csv", "--cdf=out/cdf.csv", NULL};
+    cr_assert_eq(run_parse(argv), 0, "%s", err);
+    cr_assert_str_eq(o.series, "out/series.csv");
+    cr_assert_str_eq(o.cdf, "out/cdf.csv");
+    cr_assert_eq(o.series, argv[2], "the name is borrowed from argv, not copied");
+    cr_assert(strstr(am_bench_usage, "--series") && strstr(am_bench_usage, "--cdf"));
+    LEAK_CHECK();
+}
+
+Test(bench_args, accepts_series_or_cdf_alone_and_with_requests)
+{
+    cr_assert_eq(PARSE("--series", "s.csv", "--requests", "1000"), 0, "%s", err);
+    cr_assert_str_eq(o.series, "s.csv");
+    cr_assert_null(o.cdf);
+    cr_assert_eq(PARSE("--cdf", "c.csv", "--json"), 0, "%s", err);
+    cr_assert_null(o.series);
+    cr_assert_str_eq(o.cdf, "c.csv");
+}
+
+Test(bench_args, lets_the_last_series_file_win)
+{
+    cr_assert_eq(PARSE("--series", "a.csv", "--series", "b.csv"), 0, "%s", err);
+    cr_assert_str_eq(o.series, "b.csv");
+}
+
+Test(bench_args, refuses_a_series_or_cdf_flag_without_a_file_name)
+{
+    assert_refused(PARSE("--series"), "--series needs a value");
+    assert_refused(PARSE("--json", "--cdf"), "--cdf needs a value");
+    assert_refused(PARSE("--series", ""), "--series needs a file name");
+    assert_refused(PARSE("--cdf="), "--cdf needs a file name");
+}
+
+Test(bench_args, refuses_the_same_file_for_series_and_cdf)
+{
+    assert_refused(PARSE("--series", "x.csv", "--cdf", "x.csv"),
+                   "--series and --cdf must name different files");
 }
 
 Test(bench_args, refuses_verify_for_anything_but_counter_add_with_the_integer)
