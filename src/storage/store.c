@@ -817,9 +817,10 @@ static void mark_cancelled(struct am_store *s, struct am_store_write *head, unsi
     prune_failed(s, head->gen);
     struct am_store_write *w = head;
     for (unsigned i = 0; i < n; i++, w = w->next) {
-        w->status = cancelled(s, w) ? -ECANCELED : 0;
-        if (w->status)
+        if (w->status == 0 && cancelled(s, w)) {
+            w->status = -ECANCELED;
             s->wstats.failed++;
+        }
     }
 }
 
@@ -833,6 +834,9 @@ static void process(struct am_store *s, struct am_store_write *head, unsigned n)
         for (unsigned i = 0; i < half; i++)
             second = second->next;
         process(s, head, half);
+        /* A write of the first half may just have failed: later writes of
+         * its key in the second half were built on it. */
+        mark_cancelled(s, second, n - half);
         process(s, second, n - half);
         return;
     }

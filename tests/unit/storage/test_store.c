@@ -1265,3 +1265,84 @@ Test(store, closes_from_inside_a_callback_and_still_calls_back_in_order)
     close_store(s);
     end_test();
 }
+
+/* A failed write of a key cancels the later writes of that key submitted
+ * before its callback ran (they carry states built on the failed one), even
+ * in the same batch; other keys are untouched, and a write of the key
+ * submitted after the callback is committed. */
+Test(store, cancels_later_writes_of_a_key_whose_write_failed)
+{
+    struct am_store_opts o = opts();
+    o.initial_map = 1 * MiB;
+    o.max_map = 2 * MiB;
+    struct am_store *s = open_with(&o);
+    uint8_t small[100];
+    uint8_t *big = malloc(4 * MiB);
+    cr_assert_not_null(big);
+    fill(small, sizeof small, 0);
+    fill(big, 4 * MiB, 1);
+    struct ctx c = {0};
+    struct req r[5];
+    req_init(&r[0], &c, 0, big, 4 * MiB); /* K: cannot fit */
+    req_init(&r[1], &c, 1, small, sizeof small);
+    set_key(&r[1], "rec/00000"); /* K again, built on r[0] */
+    req_init(&r[2], &c, 2, small, sizeof small); /* another key */
+    am_store_begin(s); /* one batch: the failure and its follower meet in it */
+    for (int i = 0; i < 3; i++)
+        submit(s, &r[i]);
+    am_store_end(s);
+    run_until(&c.done, 3);
+    cr_assert_eq(r[0].status, -ENOSPC);
+    cr_assert_eq(r[1].status, -ECANCELED, "got %d", r[1].status);
+    cr_assert_eq(r[2].status, 0);
+    cr_assert_eq(c.out_of_order, 0);
+    struct am_buf b;
+    am_buf_init(&b);
+    uint64_t epoch, seq;
+    cr_assert_eq(am_store_get(s, "rec/00000", 9, &b, &epoch, &seq), -ENOENT,
+                 "the state that followed a failed one reached the disk");
+    am_buf_close(&b);
+
+    /* After the failure's callback ran, the key takes writes again. */
+    req_init(&r[3], &c, 3, small, sizeof small);
+    set_key(&r[3], "rec/00000");
+    submit(s, &r[3]);
+    run_until(&c.done, 4);
+    cr_assert_eq(r[3].status, 0);
+    free(big);
+    close_store(s);
+    end_test();
+}
+
+Test(store, hands_staged_writes_to_the_writer_only_at_the_end)
+{
+    struct am_store *s = open_store();
+    uint8_t v[16];
+    fill(v, sizeof v, 7);
+    struct ctx c = {0};
+    struct req r[50];
+    am_store_begin(s);
+    am_store_begin(s); /* nested */
+    for (int i = 0; i < 50; i++) {
+        req_init(&r[i], &c, i, v, sizeof v);
+        submit(s, &r[i]);
+    }
+    am_store_end(s);
+    for (int i = 0; i < 20; i++)
+        uv_run(&g_loop, UV_RUN_NOWAIT);
+    usleep(20000);
+    uv_run(&g_loop, UV_RUN_NOWAIT);
+    cr_assert_eq(c.done, 0, "a staged write was committed before the outer end");
+    struct am_store_stats st;
+    am_store_get_stats(s, &st);
+    cr_assert_eq(st.commits, 0);
+    cr_assert_eq(st.pending, 50);
+    am_store_end(s);
+    run_until(&c.done, 50);
+    cr_assert_eq(c.failed, 0);
+    cr_assert_eq(c.out_of_order, 0);
+    am_store_get_stats(s, &st);
+    cr_assert_eq(st.writes, 50);
+    close_store(s);
+    end_test();
+}
