@@ -314,6 +314,8 @@ static int to_json(struct conv *cv, const uint8_t **pos, const uint8_t *end, int
 /* A map key as JSON object key text, into key: a str key as is (repaired
  * UTF-8), any other key as its own compact JSON text, so {1: "a"} prints as
  * {"1":"a"} instead of being refused. */
+#define KEY_TEXT_MAX 4096
+
 static int key_text(struct conv *cv, const uint8_t **pos, const uint8_t *end, int depth,
                     struct am_buf *key)
 {
@@ -331,6 +333,11 @@ static int key_text(struct conv *cv, const uint8_t **pos, const uint8_t *end, in
         rc = to_json(&kc, pos, end, depth, &k);
         if (!rc)
             rc = dump(k, kc.digits, key);
+        /* Keys made of keys are escaped once per level, doubling each time:
+         * 30 levels of one-entry maps would print gigabytes. A key this long
+         * is no key anyone reads; refuse the reply instead. */
+        if (!rc && key->len > KEY_TEXT_MAX)
+            rc = AM_EPROTO;
         am_buf_close(&kc.scratch);
     }
     json_decref(k);

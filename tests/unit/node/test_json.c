@@ -700,3 +700,28 @@ Test(json, escapes_a_nul_byte_in_a_map_key)
     cr_assert_str_eq((const char *)out.data, "{\"a\":1,\"\\u0000\":0}");
     am_buf_close(&out);
 }
+
+/* Found by fuzz_json: map keys that are maps of maps are escaped once per
+ * level, so the text doubles with each: refused past 4 KiB, in bounded time. */
+Test(json, refuses_map_keys_nested_into_exponential_text)
+{
+    uint8_t in[64];
+    size_t n = 0;
+    for (int i = 0; i < 30; i++)
+        in[n++] = 0x81; /* a one-entry map whose key is the next map */
+    in[n++] = 0xa1;
+    in[n++] = 'k';
+    for (int i = 0; i < 30; i++)
+        in[n++] = 0xc0; /* every value nil */
+    cr_assert_eq(am_mp_check_one(in, n), 0, "well-formed msgpack");
+    struct am_buf out;
+    am_buf_init(&out);
+    cr_assert_eq(am_msgpack_to_json(in, n, &out), AM_EPROTO);
+    am_buf_close(&out);
+    /* A few levels still print. */
+    static const uint8_t two[] = {0x81, 0x81, 0xa1, 'k', 0xc0, 0xc0};
+    am_buf_init(&out);
+    cr_assert_eq(am_msgpack_to_json(two, sizeof two, &out), 0);
+    cr_assert_str_eq((const char *)out.data, "{\"{\\\"k\\\":null}\":null}");
+    am_buf_close(&out);
+}
