@@ -181,19 +181,21 @@ redis_bench() {
     local file=$1 lat
     shift
     run redis-benchmark -p "$REDIS_PORT" -t incr "$@" >"$file"
-    # Progress lines end in \r, not \n.
+    # Progress lines end in \r, not \n. The awk programs read their input to
+    # the end (no early exit): under pipefail, tr killed by SIGPIPE would end
+    # the script when the output is larger than a pipe buffer.
     RB_RPS=$(tr '\r' '\n' <"$file" | awk '/throughput summary:/ { print $3 }')
     lat=$(tr '\r' '\n' <"$file" | awk '
-        /latency summary/ { getline; n = split($0, h); getline; split($0, v)
+        /latency summary/ && !done { getline; n = split($0, h); getline; split($0, v)
             for (i = 1; i <= n; i++) { if (h[i] == "p50") a = v[i]; if (h[i] == "p99") b = v[i] }
-            printf "%.1f %.1f\n", a * 1000, b * 1000; exit }')
+            printf "%.1f %.1f\n", a * 1000, b * 1000; done = 1 }')
     RB_P50=${lat% *}
     RB_P99=${lat#* }
     RB_P999=$(tr '\r' '\n' <"$file" | awk '
-        /^Latency by percentile distribution/ { on = 1; next }
-        on && /^$/ { exit }
+        /^Latency by percentile distribution/ && !done { on = 1; next }
+        on && /^$/ { on = 0; done = 1 }
         on && /^[0-9.]+% <= / { p = $1; sub(/%/, "", p)
-            if (p + 0 >= 99.9) { printf "%.1f\n", $3 * 1000; exit } }')
+            if (p + 0 >= 99.9) { printf "%.1f\n", $3 * 1000; on = 0; done = 1 } }')
     if [ -z "$RB_RPS" ] || [ -z "$RB_P50" ]; then
         note "cannot read the figures of redis-benchmark $* (output in $file)"
         exit 1
