@@ -918,17 +918,26 @@ static void on_alive(struct am_swim *s, const struct am_swim_str *name,
         i);
 }
 
-static void on_suspect(struct am_swim *s, const struct am_swim_str *name, uint64_t inc,
-                       const char *accuser, size_t accuser_len, uint64_t now)
+/* The member a suspect or dead message is about, or NONE when there is
+ * nothing to apply: unknown, or this node itself, which refutes instead
+ * (unless it is leaving, when being declared gone is the point). */
+static uint32_t accused(struct am_swim *s, const struct am_swim_str *name, uint64_t inc)
 {
     uint32_t i = find(s, name->p, name->len);
-    if (i == NONE)
-        return;
     if (i == 0) {
         if (!s->leaving && inc >= self(s)->incarnation)
             refute(s, inc);
-        return;
+        return NONE;
     }
+    return i;
+}
+
+static void on_suspect(struct am_swim *s, const struct am_swim_str *name, uint64_t inc,
+                       const char *accuser, size_t accuser_len, uint64_t now)
+{
+    uint32_t i = accused(s, name, inc);
+    if (i == NONE)
+        return;
     struct member *m = &s->m[i];
     if (inc < m->incarnation)
         return;
@@ -956,14 +965,9 @@ static void on_suspect(struct am_swim *s, const struct am_swim_str *name, uint64
 static void on_dead(struct am_swim *s, const struct am_swim_str *name, uint64_t inc,
                     const char *accuser, int left, uint64_t now)
 {
-    uint32_t i = find(s, name->p, name->len);
+    uint32_t i = accused(s, name, inc);
     if (i == NONE)
         return;
-    if (i == 0) {
-        if (!s->leaving && inc >= self(s)->incarnation)
-            refute(s, inc);
-        return;
-    }
     struct member *m = &s->m[i];
     if (inc < m->incarnation || m->state == AM_MEMBER_DEAD || m->state == AM_MEMBER_LEFT)
         return;
