@@ -6,9 +6,9 @@ set -eu
 
 level=${1:-build}
 
-build="build-essential cmake pkg-config libuv1-dev libmsgpack-dev libxxhash-dev liblmdb-dev libjansson-dev"
-test="libcriterion-dev clang libclang-rt-14-dev"
-bench="redis-server redis-tools gnuplot-nox"
+build="build-essential cmake pkg-config libuv1-dev libmsgpack-dev libxxhash-dev liblmdb-dev libjansson-dev libsodium-dev"
+test="libcriterion-dev clang libclang-rt-14-dev iproute2 nftables"
+bench="redis-server redis-tools gnuplot-nox serf jq"
 
 case "$level" in
     build) want="$build" ;;

@@ -70,7 +70,13 @@ int am_request_decode(struct am_request *r, const uint8_t *body, size_t len)
         break;
     }
     case AM_MSG_STATUS:
+    case AM_MSG_MEMBERS:
+    case AM_MSG_LEAVE:
         if (n != 2)
+            return AM_EPROTO;
+        break;
+    case AM_MSG_SYNC:
+        if (n != 3 || am_mp_read_bin(&p, end, &r->payload, &r->payload_len))
             return AM_EPROTO;
         break;
     default:
@@ -147,13 +153,29 @@ int am_encode_hello(struct am_buf *out, uint64_t id, const char *role)
     return frame_end(out, at, rc);
 }
 
-int am_encode_status(struct am_buf *out, uint64_t id)
+int am_encode_simple(struct am_buf *out, int kind, uint64_t id)
 {
     msgpack_packer pk;
     int rc;
     size_t at = frame_begin(out, &pk, &rc);
-    rc = rc || msgpack_pack_array(&pk, 2) || msgpack_pack_unsigned_int(&pk, AM_MSG_STATUS) ||
+    rc = rc || msgpack_pack_array(&pk, 2) || msgpack_pack_unsigned_int(&pk, (unsigned)kind) ||
          msgpack_pack_uint64(&pk, id);
+    return frame_end(out, at, rc);
+}
+
+int am_encode_status(struct am_buf *out, uint64_t id)
+{
+    return am_encode_simple(out, AM_MSG_STATUS, id);
+}
+
+int am_encode_sync(struct am_buf *out, uint64_t id, const uint8_t *data, size_t len)
+{
+    msgpack_packer pk;
+    int rc;
+    size_t at = frame_begin(out, &pk, &rc);
+    rc = rc || len > UINT32_MAX || msgpack_pack_array(&pk, 3) ||
+         msgpack_pack_unsigned_int(&pk, AM_MSG_SYNC) || msgpack_pack_uint64(&pk, id) ||
+         msgpack_pack_bin(&pk, len) || (len && msgpack_pack_bin_body(&pk, data, len));
     return frame_end(out, at, rc);
 }
 

@@ -11,6 +11,10 @@
  *   CALL   [1, req_id, type, id, action, payload]      payload: any object
  *   CAST   [2, req_id, type, id, action, payload]
  *   STATUS [3, req_id]
+ *   MEMBERS [4, req_id]                                the membership view
+ *   LEAVE  [5, req_id]                                 leave the cluster, stop
+ *   SYNC   [6, req_id, bin]                            push-pull state exchange;
+ *                                                      only after HELLO role "member"
  *   REPLY  [128, req_id, status, body]                 body: reply object if
  *                                                      status is 0, else an
  *                                                      error message (str)
@@ -33,6 +37,9 @@ enum am_msg_kind {
     AM_MSG_CALL = 1,
     AM_MSG_CAST = 2,
     AM_MSG_STATUS = 3,
+    AM_MSG_MEMBERS = 4,
+    AM_MSG_LEAVE = 5,
+    AM_MSG_SYNC = 6,
     AM_MSG_REPLY = 128,
 };
 
@@ -57,7 +64,7 @@ struct am_request {
     int has_id; /* set as soon as the id was read, so errors can name it */
     const char *type, *actor, *action, *role;
     uint32_t type_len, actor_len, action_len, role_len;
-    const uint8_t *payload; /* exactly one msgpack object */
+    const uint8_t *payload; /* exactly one msgpack object; SYNC: the bin's bytes */
     uint32_t payload_len;
     uint64_t version; /* HELLO only */
 };
@@ -84,6 +91,9 @@ int am_encode_call(struct am_buf *out, int kind, uint64_t id, const char *type, 
                    const uint8_t *payload, size_t payload_len);
 int am_encode_hello(struct am_buf *out, uint64_t id, const char *role);
 int am_encode_status(struct am_buf *out, uint64_t id);
+/* A message with no field but its id: STATUS, MEMBERS or LEAVE. */
+int am_encode_simple(struct am_buf *out, int kind, uint64_t id);
+int am_encode_sync(struct am_buf *out, uint64_t id, const uint8_t *data, size_t len);
 int am_encode_reply(struct am_buf *out, uint64_t id, int status, const uint8_t *body,
                     size_t body_len);
 /* A failed reply whose body is the message msg (copied as a msgpack str). */

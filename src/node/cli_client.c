@@ -1,4 +1,5 @@
-/* cli_client.c - the "call", "cast" and "status" subcommands.
+/* cli_client.c - the "call", "cast", "status", "members", "leave" and
+ * "keygen" subcommands.
  *
  * Each is parse -> build the request -> one round trip with am_client ->
  * print. Everything the user can get wrong (flags, names, JSON) is checked
@@ -18,7 +19,7 @@
  *
  * Flags are parsed by hand rather than with getopt_long: GNU getopt keeps
  * its state in globals (optind) and would read a payload such as -5 as an
- * unknown flag. The parser is one loop over a three-entry table. */
+ * unknown flag. The parser is one loop over a four-entry table. */
 #include "cli_client.h"
 
 #include "addr.h"
@@ -28,16 +29,18 @@
 #include "json.h"
 #include "mp.h"
 #include "proto.h"
+#include "seal.h"
 
 #include <errno.h>
+#include <sodium.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define CALL_USAGE                                                                                 \
-    "usage: amesh call [--node HOST:PORT] [--timeout MS] TYPE ID ACTION [JSON]\n"                  \
-    "       amesh cast [--node HOST:PORT] [--timeout MS] TYPE ID ACTION [JSON]\n"
+    "usage: amesh call [--node HOST:PORT] [--timeout MS] [--key-file FILE] TYPE ID ACTION [JSON]\n" \
+    "       amesh cast [--node HOST:PORT] [--timeout MS] [--key-file FILE] TYPE ID ACTION [JSON]\n"
 
 #define CALL_HELP                                                                                  \
     CALL_USAGE                                                                                     \
@@ -47,6 +50,7 @@
     "\n"                                                                                           \
     "  --node HOST:PORT  the node to ask (default " AM_CLI_DEFAULT_NODE ")\n"                      \
     "  --timeout MS      give up after MS milliseconds (default 10000)\n"                          \
+    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"                \
     "  -h, --help        print this help\n"                                                        \
     "\n"                                                                                           \
     "JSON is any JSON value; without it the payload is null. \"-\" reads it from\n"                \
@@ -57,7 +61,8 @@
     "Exit status: 0 done, 1 error reply, 2 usage error, 69 node unreachable,\n"                    \
     "75 retryable error (busy, overloaded, shutting down, timeout).\n"
 
-#define STATUS_USAGE "usage: amesh status [--node HOST:PORT] [--timeout MS] [--json]\n"
+#define STATUS_USAGE                                                                               \
+    "usage: amesh status [--node HOST:PORT] [--timeout MS] [--key-file FILE] [--json]\n"
 
 #define STATUS_HELP                                                                                \
     STATUS_USAGE                                                                                   \
@@ -68,11 +73,51 @@
     "  --node HOST:PORT  the node to ask (default " AM_CLI_DEFAULT_NODE ")\n"                      \
     "  --timeout MS      give up after MS milliseconds (default 10000)\n"                          \
     "  --json            print JSON\n"                                                             \
+    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"                \
     "  -h, --help        print this help\n"
+
+#define MEMBERS_USAGE                                                                              \
+    "usage: amesh members [--node HOST:PORT] [--timeout MS] [--key-file FILE] [--json]\n"
+
+#define MEMBERS_HELP                                                                               \
+    MEMBERS_USAGE                                                                                  \
+    "\n"                                                                                           \
+    "Prints the cluster's members as one node sees them: name, address, state\n"                   \
+    "(alive, suspect, dead, left) and incarnation, one per line, or with --json\n"                 \
+    "{\"members\":[{\"name\",\"addr\",\"state\",\"incarnation\"}...]}.\n"                            \
+    "\n"                                                                                           \
+    "  --node HOST:PORT  the node to ask (default " AM_CLI_DEFAULT_NODE ")\n"                      \
+    "  --timeout MS      give up after MS milliseconds (default 10000)\n"                          \
+    "  --json            print JSON\n"                                                             \
+    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"                \
+    "  -h, --help        print this help\n"
+
+#define LEAVE_USAGE "usage: amesh leave [--node HOST:PORT] [--timeout MS] [--key-file FILE]\n"
+
+#define LEAVE_HELP                                                                                 \
+    LEAVE_USAGE                                                                                    \
+    "\n"                                                                                           \
+    "Asks a node to leave the cluster and stop, as SIGTERM does: its `left`\n"                     \
+    "state spreads to every member, it finishes what is in flight, writes\n"                      \
+    "every actor's state and exits 0. Returns once the node accepted.\n"                          \
+    "\n"                                                                                           \
+    "  --node HOST:PORT  the node to stop (default " AM_CLI_DEFAULT_NODE ")\n"                     \
+    "  --timeout MS      give up after MS milliseconds (default 10000)\n"                          \
+    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"                \
+    "  -h, --help        print this help\n"
+
+#define KEYGEN_USAGE "usage: amesh keygen FILE\n"
+
+#define KEYGEN_HELP                                                                                \
+    KEYGEN_USAGE                                                                                   \
+    "\n"                                                                                           \
+    "Writes a new random 32-byte cluster key to FILE (64 hex digits, mode 0600;\n"                 \
+    "an existing FILE is never overwritten). Give the same file to every node\n"                  \
+    "(amesh node --key-file FILE) and every client (--key-file or AMESH_KEY_FILE).\n"
 
 /* ---- arguments ------------------------------------------------------------ */
 
-enum opt_id { OPT_NODE, OPT_TIMEOUT, OPT_JSON };
+enum opt_id { OPT_NODE, OPT_TIMEOUT, OPT_JSON, OPT_KEY_FILE };
 
 static const struct {
     const char *name;
@@ -81,7 +126,12 @@ static const struct {
     [OPT_NODE] = {"node", 1},
     [OPT_TIMEOUT] = {"timeout", 1},
     [OPT_JSON] = {"json", 0},
+    [OPT_KEY_FILE] = {"key-file", 1},
 };
+
+/* The key file of this invocation (one per process), set by
+ * check_node_timeout and used by connect_node. */
+static const char *cli_key_file;
 
 /* The most positionals any subcommand takes (call: TYPE ID ACTION JSON). */
 #define MAX_POS 4
@@ -91,6 +141,7 @@ struct parsed {
     int json;
     const char *node;
     const char *timeout;
+    const char *key_file;
     const char *pos[MAX_POS];
     int npos;
 };
@@ -157,6 +208,9 @@ static int parse_common(struct parsed *p, int argc, char **argv, int allow_json,
         case OPT_TIMEOUT:
             p->timeout = value;
             break;
+        case OPT_KEY_FILE:
+            p->key_file = value;
+            break;
         default:
             p->json = 1;
             break;
@@ -165,11 +219,14 @@ static int parse_common(struct parsed *p, int argc, char **argv, int allow_json,
     return 0;
 }
 
-/* Checks --node and --timeout (or fills in their defaults). */
+/* Checks --node and --timeout (or fills in their defaults); the key file
+ * is --key-file, else AMESH_KEY_FILE (as for the node), else none. */
 static int check_node_timeout(const struct parsed *p, const char **node, int *timeout_ms, char *err,
                               size_t errlen)
 {
     struct sockaddr_in sa;
+    const char *env = getenv("AMESH_KEY_FILE");
+    cli_key_file = p->key_file ? p->key_file : env && *env ? env : NULL;
     *node = p->node ? p->node : AM_CLI_DEFAULT_NODE;
     if (am_addr_parse(*node, AM_CLIENT_DEFAULT_PORT, &sa)) {
         snprintf(err, errlen, "invalid --node '%s' (expected HOST:PORT, e.g. %s)", *node,
@@ -455,6 +512,16 @@ static int report_failure(int rc, const char *node, int timeout_ms)
         fprintf(stderr, "amesh: out of memory\n");
         return AM_EXIT_ERROR;
     }
+    if (rc == -EACCES) {
+        fprintf(stderr, "amesh: %s does not hold this cluster key\n", node);
+        return AM_EXIT_ERROR;
+    }
+    if (rc == -ECONNRESET && !cli_key_file) {
+        fprintf(stderr, "amesh: connection to %s lost: %s (a node started with --key-file closes "
+                        "connections without its key)\n",
+                node, am_strerror(rc));
+        return AM_EXIT_TEMPFAIL;
+    }
     fprintf(stderr, "amesh: connection to %s lost: %s\n", node, am_strerror(rc));
     return AM_EXIT_TEMPFAIL;
 }
@@ -462,10 +529,24 @@ static int report_failure(int rc, const char *node, int timeout_ms)
 static struct am_client *connect_node(const char *node, int timeout_ms)
 {
     struct am_client *c;
-    char err[256];
+    char err[1200];
+    uint8_t key[AM_KEY_BYTES];
+    if (cli_key_file && (am_seal_init() || am_key_load(cli_key_file, key, err, sizeof err))) {
+        fprintf(stderr, "amesh: %s\n", err);
+        return NULL;
+    }
     if (am_client_open(&c, node, timeout_ms, err, sizeof err)) {
         fprintf(stderr, "amesh: cannot reach %s: %s\n", node, err);
         return NULL;
+    }
+    if (cli_key_file) {
+        int rc = am_client_set_key(c, key);
+        sodium_memzero(key, sizeof key);
+        if (rc) {
+            fprintf(stderr, "amesh: cannot reach %s: %s\n", node, am_strerror(rc));
+            am_client_close(c);
+            return NULL;
+        }
     }
     return c;
 }
@@ -546,14 +627,75 @@ out:
     return ex;
 }
 
-int am_cmd_status(int argc, char **argv)
+/* One member map {name, addr, state, incarnation} as a line of the table. */
+static int member_line(const uint8_t **pos, const uint8_t *end, struct am_buf *out)
+{
+    uint32_t n;
+    const char *f[3] = {"", "", ""};
+    uint32_t flen[3] = {0, 0, 0};
+    uint64_t inc = 0;
+    if (am_mp_read_map(pos, end, &n))
+        return AM_EPROTO;
+    for (uint32_t i = 0; i < n; i++) {
+        const char *k;
+        uint32_t klen;
+        if (am_mp_read_str(pos, end, &k, &klen))
+            return AM_EPROTO;
+        int slot = klen == 4 && !memcmp(k, "name", 4)    ? 0
+                   : klen == 4 && !memcmp(k, "addr", 4)  ? 1
+                   : klen == 5 && !memcmp(k, "state", 5) ? 2
+                                                         : -1;
+        if (slot >= 0) {
+            if (am_mp_read_str(pos, end, &f[slot], &flen[slot]))
+                return AM_EPROTO;
+        } else if (klen == 11 && !memcmp(k, "incarnation", 11)) {
+            if (am_mp_read_uint(pos, end, &inc))
+                return AM_EPROTO;
+        } else if (am_mp_skip(pos, end)) {
+            return AM_EPROTO;
+        }
+    }
+    char num[24];
+    int rc = 0;
+    for (int k = 0; k < 3 && !rc; k++) {
+        size_t width = k == 0 ? 24 : k == 1 ? 22 : 8;
+        rc = append_printable(out, f[k], flen[k]);
+        for (size_t pad = flen[k]; !rc && pad < width; pad++)
+            rc = am_buf_append(out, " ", 1);
+        if (!rc)
+            rc = am_buf_append(out, " ", 1);
+    }
+    snprintf(num, sizeof num, "%llu\n", (unsigned long long)inc);
+    return rc ? rc : am_buf_append(out, num, strlen(num));
+}
+
+int am_members_text(const uint8_t *p, size_t len, struct am_buf *out)
+{
+    const uint8_t *pos = p, *end = p + len;
+    uint32_t n, count;
+    const char *k;
+    uint32_t klen;
+    static const char head[] = "NAME                     ADDR                   STATE    INCARNATION\n";
+    if (!len || am_mp_read_map(&pos, end, &n) || n != 1 || am_mp_read_str(&pos, end, &k, &klen) ||
+        klen != 7 || memcmp(k, "members", 7) || am_mp_read_array(&pos, end, &count))
+        return AM_EPROTO;
+    int rc = am_buf_append(out, head, sizeof head - 1);
+    for (uint32_t i = 0; i < count && !rc; i++)
+        rc = member_line(&pos, end, out);
+    return rc ? rc : pos == end ? 0 : AM_EPROTO;
+}
+
+/* "status" and "members": ask, then print text or JSON. */
+static int query(int argc, char **argv, int kind)
 {
     struct am_status_args a;
     char err[512];
+    const char *usage = kind == AM_MSG_STATUS ? STATUS_USAGE : MEMBERS_USAGE;
+    const char *name = kind == AM_MSG_STATUS ? "status" : "members";
     if (am_status_args_parse(&a, argc, argv, err, sizeof err))
-        return usage_error(err, STATUS_USAGE, "status");
+        return usage_error(err, usage, name);
     if (a.help) {
-        fputs(STATUS_HELP, stdout);
+        fputs(kind == AM_MSG_STATUS ? STATUS_HELP : MEMBERS_HELP, stdout);
         return AM_EXIT_OK;
     }
     struct am_client *c = connect_node(a.node, a.timeout_ms);
@@ -563,7 +705,7 @@ int am_cmd_status(int argc, char **argv)
     int status = 0, ex;
     am_buf_init(&reply);
     am_buf_init(&text);
-    int rc = am_client_status(c, &reply, &status);
+    int rc = am_client_simple(c, kind, &reply, &status);
     if (rc) {
         ex = report_failure(rc, a.node, a.timeout_ms);
     } else if (status != AM_ST_OK) {
@@ -571,12 +713,14 @@ int am_cmd_status(int argc, char **argv)
     } else if (a.json) {
         ex = print_json_reply(&reply);
     } else {
-        rc = am_status_text(reply.data, reply.len, &text);
+        rc = kind == AM_MSG_STATUS ? am_status_text(reply.data, reply.len, &text)
+                                   : am_members_text(reply.data, reply.len, &text);
         if (rc) {
-            fprintf(stderr, "amesh: cannot print the status: %s\n", am_strerror(rc));
+            fprintf(stderr, "amesh: cannot print the %s: %s\n", name, am_strerror(rc));
             ex = AM_EXIT_ERROR;
         } else if (write_stdout(&text)) {
-            fprintf(stderr, "amesh: cannot write the status: %s\n", strerror(errno ? errno : EIO));
+            fprintf(stderr, "amesh: cannot write the %s: %s\n", name,
+                    strerror(errno ? errno : EIO));
             ex = AM_EXIT_ERROR;
         } else {
             ex = AM_EXIT_OK;
@@ -586,4 +730,60 @@ int am_cmd_status(int argc, char **argv)
     am_buf_close(&reply);
     am_buf_close(&text);
     return ex;
+}
+
+int am_cmd_status(int argc, char **argv)
+{
+    return query(argc, argv, AM_MSG_STATUS);
+}
+
+int am_cmd_members(int argc, char **argv)
+{
+    return query(argc, argv, AM_MSG_MEMBERS);
+}
+
+int am_cmd_leave(int argc, char **argv)
+{
+    struct parsed p;
+    char err[512];
+    const char *node;
+    int timeout_ms;
+    if (parse_common(&p, argc, argv, 0, 0, err, sizeof err) ||
+        (!p.help && check_node_timeout(&p, &node, &timeout_ms, err, sizeof err)))
+        return usage_error(err, LEAVE_USAGE, "leave");
+    if (p.help) {
+        fputs(LEAVE_HELP, stdout);
+        return AM_EXIT_OK;
+    }
+    struct am_client *c = connect_node(node, timeout_ms);
+    if (!c)
+        return AM_EXIT_UNAVAILABLE;
+    struct am_buf reply;
+    int status = 0, ex = AM_EXIT_OK;
+    am_buf_init(&reply);
+    int rc = am_client_simple(c, AM_MSG_LEAVE, &reply, &status);
+    if (rc)
+        ex = report_failure(rc, node, timeout_ms);
+    else if (status != AM_ST_OK)
+        ex = report_error_reply(status, reply.data, reply.len);
+    am_client_close(c);
+    am_buf_close(&reply);
+    return ex;
+}
+
+int am_cmd_keygen(int argc, char **argv)
+{
+    char err[1200];
+    if (argc == 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
+        fputs(KEYGEN_HELP, stdout);
+        return AM_EXIT_OK;
+    }
+    if (argc != 2 || argv[1][0] == '-')
+        return usage_error(argc < 2 ? "missing FILE" : "expected exactly one FILE", KEYGEN_USAGE,
+                           "keygen");
+    if (am_seal_init() || am_key_generate(argv[1], err, sizeof err)) {
+        fprintf(stderr, "amesh: %s\n", am_seal_init() ? "cannot initialise libsodium" : err);
+        return AM_EXIT_ERROR;
+    }
+    return AM_EXIT_OK;
 }

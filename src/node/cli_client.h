@@ -30,6 +30,8 @@ struct am_call_args {
     const char *type, *id, *action;
     const char *payload; /* JSON text, "-" (stdin), "@FILE", or NULL: send nil */
 };
+/* --key-file (or AMESH_KEY_FILE) is kept by the parser for the connection
+ * the subcommand opens next; it is not part of these structs. */
 
 struct am_status_args {
     int help;
@@ -60,5 +62,11 @@ int am_cli_payload_read(const char *arg, struct am_buf *out, char *err, size_t e
  * terminal escapes. A reply that is not a map prints as one line of JSON.
  * Appends to out (not NUL-terminated). Returns 0, AM_EPROTO or -ENOMEM. */
 int am_status_text(const uint8_t *p, size_t len, struct am_buf *out);
+
+/* The text form of a MEMBERS reply: a header line, then one line per member
+ * (name, address, state, incarnation in aligned columns), control
+ * characters printed as '?'. Appends to out. Returns 0, AM_EPROTO for a
+ * reply of another shape, or -ENOMEM. */
+int am_members_text(const uint8_t *p, size_t len, struct am_buf *out);
 
 #endif

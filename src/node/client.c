@@ -42,6 +42,12 @@ struct am_client {
     size_t consumed;  /* bytes at the front of in that belong to the last frame */
     struct am_buf in;
     struct am_buf out;
+    /* With a cluster key (am_client_set_key): raw holds bytes received and
+     * not yet opened, sealed what is about to be sent. */
+    int keyed;
+    int authentic; /* a sealed record from the node was opened */
+    struct am_secure sec;
+    struct am_buf raw, sealed;
 };
 
 static int64_t now_ms(void)
@@ -149,6 +155,10 @@ void am_client_close(struct am_client *c)
     close(c->fd);
     am_buf_close(&c->in);
     am_buf_close(&c->out);
+    am_buf_close(&c->raw);
+    am_buf_close(&c->sealed);
+    if (c->keyed)
+        am_secure_free(&c->sec);
     am_free(c);
 }
 
@@ -193,23 +203,45 @@ static int send_all(struct am_client *c, const uint8_t *p, size_t n, int64_t dea
     return 0;
 }
 
+/* Opens the bytes in c->raw into c->in; once the handshake completes,
+ * sends what was sealed while it was pending. */
+static int open_raw(struct am_client *c, int64_t deadline)
+{
+    size_t had = c->in.len;
+    int rc = am_secure_in(&c->sec, c->raw.data, c->raw.len, &c->in);
+    c->raw.len = 0;
+    c->authentic |= c->in.len > had;
+    if (rc == 1) {
+        c->sealed.len = 0;
+        rc = am_secure_out(&c->sec, NULL, 0, &c->sealed);
+        if (rc == 0)
+            rc = send_all(c, c->sealed.data, c->sealed.len, deadline);
+        return rc;
+    }
+    return rc == AM_EPROTO ? broke(c, -EACCES, 0) : rc < 0 ? broke(c, rc, 0) : 0;
+}
+
 /* Reads more bytes into c->in. */
 static int fill(struct am_client *c, int64_t deadline)
 {
-    if (am_buf_reserve(&c->in, RECV_STEP))
+    struct am_buf *b = c->keyed ? &c->raw : &c->in;
+    if (am_buf_reserve(b, RECV_STEP))
         return -ENOMEM;
     for (;;) {
-        ssize_t k = recv(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len, 0);
+        ssize_t k = recv(c->fd, b->data + b->len, b->cap - b->len, 0);
         if (k > 0) {
-            c->in.len += (size_t)k;
-            return 0;
+            b->len += (size_t)k;
+            return c->keyed ? open_raw(c, deadline) : 0;
         }
+        /* A node that closes a keyed connection before anything authentic
+         * came from it could not open what we sealed: another key. */
+        int keyless = c->keyed && !c->authentic;
         if (k == 0)
-            return broke(c, -ECONNRESET, 0);
+            return broke(c, keyless ? -EACCES : -ECONNRESET, 0);
         if (errno == EINTR)
             continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return broke(c, -errno, 0);
+            return broke(c, keyless && errno == ECONNRESET ? -EACCES : -errno, 0);
         int rc = wait_fd(c->fd, POLLIN, deadline);
         if (rc)
             /* A partial frame stays buffered: the stream is still in sync. */
@@ -266,7 +298,17 @@ static int await_reply(struct am_client *c, uint64_t id, int64_t deadline, struc
 static int transact(struct am_client *c, uint64_t id, struct am_buf *reply, int *status)
 {
     int64_t deadline = deadline_of(c->timeout_ms);
-    int rc = send_all(c, c->out.data, c->out.len, deadline);
+    const struct am_buf *wire = &c->out;
+    if (c->keyed) {
+        /* Before the handshake completes this only queues the frame; it is
+         * sent when the node's half of the handshake arrives (open_raw). */
+        c->sealed.len = 0;
+        int rc = am_secure_out(&c->sec, c->out.data, c->out.len, &c->sealed);
+        if (rc)
+            return broke(c, rc, 0);
+        wire = &c->sealed;
+    }
+    int rc = send_all(c, wire->data, wire->len, deadline);
     if (rc == 0)
         return await_reply(c, id, deadline, reply, status);
     /* A node that refuses a request before reading all of it (a frame over
@@ -299,13 +341,33 @@ int am_client_call(struct am_client *c, int kind, const char *type, const char *
     return transact(c, rid, reply, status);
 }
 
+int am_client_set_key(struct am_client *c, const uint8_t key[AM_KEY_BYTES])
+{
+    if (c->keyed || c->next_id != 1)
+        return -EINVAL;
+    am_secure_init(&c->sec, key, 1);
+    c->keyed = 1;
+    c->sealed.len = 0;
+    int rc = am_secure_start(&c->sec, &c->sealed);
+    if (rc == 0)
+        rc = send_all(c, c->sealed.data, c->sealed.len, deadline_of(c->timeout_ms));
+    return rc;
+}
+
 int am_client_status(struct am_client *c, struct am_buf *reply, int *status)
 {
+    return am_client_simple(c, AM_MSG_STATUS, reply, status);
+}
+
+int am_client_simple(struct am_client *c, int kind, struct am_buf *reply, int *status)
+{
+    if (kind != AM_MSG_STATUS && kind != AM_MSG_MEMBERS && kind != AM_MSG_LEAVE)
+        return -EINVAL;
     if (c->broken)
         return c->broken;
     uint64_t rid = c->next_id++;
     c->out.len = 0;
-    int rc = am_encode_status(&c->out, rid);
+    int rc = am_encode_simple(&c->out, kind, rid);
     if (rc)
         return rc;
     return transact(c, rid, reply, status);

@@ -30,6 +30,7 @@
 
 #include "buf.h"
 #include "proto.h"
+#include "seal.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -86,6 +87,17 @@ int am_client_call(struct am_client *c, int kind, const char *type, const char *
 /* Sends STATUS and waits for its reply, as am_client_call. On success with
  * status 0 the body is a map (see the node's status module). */
 int am_client_status(struct am_client *c, struct am_buf *reply, int *status);
+
+/* STATUS, MEMBERS or LEAVE (a message with no field but its id), as
+ * am_client_status. */
+int am_client_simple(struct am_client *c, int kind, struct am_buf *reply, int *status);
+
+/* Turns on the cluster key (seal.h) for this connection: sends this side's
+ * handshake now; every later request is sealed, every reply opened. Call
+ * right after am_client_open, before any request. Returns 0, -EINVAL when
+ * called later, or a send error. A node that does not hold the same key
+ * makes later calls fail with -EACCES. */
+int am_client_set_key(struct am_client *c, const uint8_t key[AM_KEY_BYTES]);
 
 /* For tests that craft their own bytes: sends [p, p+n) as is, waiting at most
  * the timeout for the socket to take it. Returns 0, AM_ETIMEOUT or a negated

@@ -20,6 +20,9 @@
 int am_cmd_node(int argc, char **argv);   /* node.c */
 int am_cmd_call(int argc, char **argv);   /* cli_client.c: "call" and "cast" */
 int am_cmd_status(int argc, char **argv); /* cli_client.c */
+int am_cmd_members(int argc, char **argv); /* cli_client.c */
+int am_cmd_leave(int argc, char **argv);  /* cli_client.c */
+int am_cmd_keygen(int argc, char **argv); /* cli_client.c */
 int am_cmd_bench(int argc, char **argv);  /* bench.c */
 
 #endif

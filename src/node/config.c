@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum kind { K_STR, K_ADDR, K_SIZE, K_UINT, K_SYNC, K_LEVEL, K_LIB };
+enum kind { K_STR, K_ADDR, K_SIZE, K_UINT, K_SYNC, K_LEVEL, K_LIB, K_JOIN, K_PROFILE };
 
 struct option_row {
     const char *flag; /* without the leading "--" */
@@ -35,6 +35,9 @@ static const struct option_row rows[] = {
     {"data", K_STR, F(data), 0, "DIR       data directory (./data)"},
     {"sync", K_SYNC, F(sync_interval_ms), 0, "MODE      durable | interval:MS (durable)"},
     {"log-level", K_LEVEL, F(log_level), 0, "LEVEL     error | warn | info | debug (info)"},
+    {"join", K_JOIN, 0, 0, 0, "HOST:PORT join the cluster through this member (repeatable;\n                               AMESH_JOIN takes a comma-separated list)"},
+    {"profile", K_PROFILE, F(profile), 0, "NAME      membership timings: lan | local | wan (lan)"},
+    {"key-file", K_STR, F(key_file), 0, "FILE      cluster key (amesh keygen): authenticate and encrypt\n                               every packet and connection"},
     {"actors", K_LIB, 0, 0, 0, "LIB.so    load actor types from a shared library (repeatable;\n                               AMESH_ACTORS takes one)"},
     {"max-payload", K_SIZE, F(max_payload), 64u << 20, "BYTES     largest message payload (2M)"},
     {"max-state", K_SIZE, F(max_state), 256u << 20, "BYTES     largest actor state (4M)"},
@@ -138,6 +141,36 @@ static int set(struct am_config *c, const struct option_row *r, const char *v, c
         }
         c->log_level = lvl;
         return 0;
+    case K_PROFILE:
+        if (strcmp(v, "lan") && strcmp(v, "local") && strcmp(v, "wan")) {
+            snprintf(err, errlen, "%s: '%s' is not lan, local or wan", from, v);
+            return -EINVAL;
+        }
+        memcpy(field, v, strlen(v) + 1);
+        return 0;
+    case K_JOIN:
+        /* One seed per flag; the environment may list several, comma-separated. */
+        for (const char *p = v; *p;) {
+            size_t len = strcspn(p, ",");
+            char one[64];
+            if (len == 0 || len >= sizeof one) {
+                snprintf(err, errlen, "%s: '%s' is not a list of HOST:PORT", from, v);
+                return -EINVAL;
+            }
+            memcpy(one, p, len);
+            one[len] = '\0';
+            if (am_addr_parse(one, 0, &sa)) {
+                snprintf(err, errlen, "%s: '%s' is not HOST:PORT with an IPv4 host", from, one);
+                return -EINVAL;
+            }
+            if (c->njoins == AM_MAX_SEEDS) {
+                snprintf(err, errlen, "%s: at most %d seeds", from, AM_MAX_SEEDS);
+                return -EINVAL;
+            }
+            memcpy(c->joins[c->njoins++], one, len + 1);
+            p += len + (p[len] == ',');
+        }
+        return 0;
     case K_LIB:
         if (c->nactor_libs == AM_MAX_ACTOR_LIBS) {
             snprintf(err, errlen, "%s: at most %d libraries", from, AM_MAX_ACTOR_LIBS);
@@ -171,6 +204,7 @@ int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_
     snprintf(c->bind, sizeof c->bind, "127.0.0.1:7946");
     snprintf(c->data, sizeof c->data, "./data");
     c->log_level = AM_LOG_INFO;
+    snprintf(c->profile, sizeof c->profile, "lan");
     c->max_payload = 2u << 20;
     c->max_state = 4u << 20;
     c->mailbox = 1024;
@@ -186,7 +220,7 @@ int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_
         if (v && set(c, &rows[i], v, name, err, errlen))
             return -EINVAL;
     }
-    int libs_from_env = c->nactor_libs;
+    int libs_from_env = c->nactor_libs, joins_from_env = c->njoins;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
@@ -203,13 +237,10 @@ int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_
         for (size_t k = 0; k < NROWS; k++)
             if (strlen(rows[k].flag) == flen && strncmp(rows[k].flag, a + 2, flen) == 0)
                 r = &rows[k];
-        static const char *const cluster_flags[] = {"join", "key-file", "replicas", "profile"};
-        for (size_t k = 0; !r && k < sizeof cluster_flags / sizeof cluster_flags[0]; k++) {
-            if (strlen(cluster_flags[k]) == flen && strncmp(cluster_flags[k], a + 2, flen) == 0) {
-                snprintf(err, errlen, "--%s: clustering is not built yet; this node runs alone",
-                         cluster_flags[k]);
-                return -EINVAL;
-            }
+        if (!r && flen == 8 && strncmp(a + 2, "replicas", 8) == 0) {
+            snprintf(err, errlen, "--replicas: replication is not built yet; each actor's state "
+                                  "lives on its owner only");
+            return -EINVAL;
         }
         if (!r) {
             snprintf(err, errlen, "unknown option '%.*s' (see amesh node --help)", (int)flen + 2, a);
@@ -224,6 +255,10 @@ int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_
             c->nactor_libs = 0; /* flags replace the environment's list */
             libs_from_env = 0;
         }
+        if (r->kind == K_JOIN && joins_from_env) {
+            c->njoins = 0;
+            joins_from_env = 0;
+        }
         char from[80];
         snprintf(from, sizeof from, "--%s", r->flag);
         if (set(c, r, v, from, err, errlen))
@@ -237,5 +272,9 @@ int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_
     }
     if (!c->name[0])
         snprintf(c->name, sizeof c->name, "%s", c->advertise);
+    if (strlen(c->name) > AM_MAX_NODE_NAME) {
+        snprintf(err, errlen, "--name: at most %d characters", AM_MAX_NODE_NAME);
+        return -EINVAL;
+    }
     return 0;
 }

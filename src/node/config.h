@@ -10,6 +10,8 @@
 #include <stdint.h>
 
 #define AM_MAX_ACTOR_LIBS 16
+#define AM_MAX_SEEDS 16
+#define AM_MAX_NODE_NAME 128 /* the membership protocol's bound (swim.h) */
 
 struct am_config {
     char name[256];          /* default: the advertise address */
@@ -18,6 +20,10 @@ struct am_config {
     char data[1024];         /* ./data */
     uint64_t sync_interval_ms; /* 0: durable (the default); else interval:MS */
     int log_level;           /* enum am_log_level */
+    char joins[AM_MAX_SEEDS][64]; /* --join seeds, HOST:PORT */
+    int njoins;
+    char profile[8];         /* lan | local | wan (lan) */
+    char key_file[1024];     /* cluster key; empty: none */
     const char *actor_libs[AM_MAX_ACTOR_LIBS];
     int nactor_libs;
     size_t max_payload;      /* 2 MiB */

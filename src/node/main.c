@@ -12,6 +12,9 @@ static void usage(FILE *f)
                "  call     invoke an actor and print its reply\n"
                "  cast     send a message to an actor without waiting for its reply\n"
                "  status   print a node's status\n"
+               "  members  print the cluster's members as a node sees them\n"
+               "  leave    make a node leave the cluster and stop\n"
+               "  keygen   write a new cluster key file\n"
                "  bench    measure a node's throughput and latency\n\n"
                "`amesh COMMAND --help` describes each.\n");
 }
@@ -29,6 +32,12 @@ int main(int argc, char **argv)
         return am_cmd_call(argc - 1, argv + 1);
     if (strcmp(cmd, "status") == 0)
         return am_cmd_status(argc - 1, argv + 1);
+    if (strcmp(cmd, "members") == 0)
+        return am_cmd_members(argc - 1, argv + 1);
+    if (strcmp(cmd, "leave") == 0)
+        return am_cmd_leave(argc - 1, argv + 1);
+    if (strcmp(cmd, "keygen") == 0)
+        return am_cmd_keygen(argc - 1, argv + 1);
     if (strcmp(cmd, "bench") == 0)
         return am_cmd_bench(argc - 1, argv + 1);
     if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {

@@ -1,7 +1,8 @@
 /* node.c - `amesh node`: composes storage, runtime and client server on one
  * libuv loop, and stops them in order on SIGTERM or SIGINT:
  *
- *   1. stop accepting connections and reading requests;
+ *   1. spread this node's `left` state through the cluster, stop accepting
+ *      connections and reading requests;
  *   2. let the runtime finish what is in flight and write every dirty actor;
  *   3. write the last replies and close the connections;
  *   4. close the runtime and the store (the writer thread commits what is
@@ -13,13 +14,17 @@
 
 #include "addr.h"
 #include "err.h"
+#include "gossip.h"
 #include "log.h"
 #include "mem.h"
 #include "mp.h"
 #include "proto.h"
 #include "registry.h"
 #include "runtime.h"
+#include "seal.h"
 #include "store.h"
+
+#include <sodium.h>
 
 #include <signal.h>
 #include <stdio.h>
@@ -35,6 +40,9 @@ struct node {
     struct am_store *store;
     struct am_runtime *rt;
     struct am_server *srv;
+    struct am_gossip *gossip;
+    uint8_t key[AM_KEY_BYTES];
+    int keyed;
     uv_signal_t sigterm, sigint;
     uint64_t started_ms;
     int stopping;
@@ -67,7 +75,18 @@ static int pack_status(void *arg, msgpack_packer *pk)
         snprintf(sync, sizeof sync, "interval:%llu", (unsigned long long)n->cfg.sync_interval_ms);
     else
         snprintf(sync, sizeof sync, "durable");
-    return msgpack_pack_map(pk, 10) || pack_kv_str(pk, "node", n->cfg.name) ||
+    struct am_swim_stats ws;
+    struct am_gossip_stats gs;
+    const struct am_swim *core = am_gossip_core(n->gossip);
+    am_swim_get_stats(core, &ws);
+    am_gossip_get_stats(n->gossip, &gs);
+    uint64_t alive = 0;
+    for (size_t i = 0; i < am_swim_count(core); i++) {
+        struct am_swim_member m;
+        am_swim_member_at(core, i, &m);
+        alive += m.state == AM_MEMBER_ALIVE || m.state == AM_MEMBER_SUSPECT;
+    }
+    return msgpack_pack_map(pk, 11) || pack_kv_str(pk, "node", n->cfg.name) ||
            pack_kv_str(pk, "version", AM_VERSION_STRING) ||
            pack_kv_u64(pk, "pid", (uint64_t)getpid()) ||
            pack_kv_u64(pk, "uptime_ms", uv_now(&n->loop) - n->started_ms) ||
@@ -88,12 +107,59 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "commits", ss.commits) || pack_kv_u64(pk, "max_batch", ss.max_batch) ||
            pack_kv_u64(pk, "failed", ss.failed) || pack_kv_u64(pk, "map_size", ss.map_size) ||
            pack_kv_u64(pk, "map_grows", ss.map_grows) ||
-           am_mp_pack_str(pk, "clients", 7) || msgpack_pack_map(pk, 7) ||
+           am_mp_pack_str(pk, "clients", 7) || msgpack_pack_map(pk, 8) ||
            pack_kv_u64(pk, "connections", vs.connections) ||
            pack_kv_u64(pk, "accepted", vs.accepted) || pack_kv_u64(pk, "rejected", vs.rejected) ||
            pack_kv_u64(pk, "requests", vs.requests) ||
            pack_kv_u64(pk, "bad_frames", vs.bad_frames) ||
-           pack_kv_u64(pk, "bytes_in", vs.bytes_in) || pack_kv_u64(pk, "bytes_out", vs.bytes_out);
+           pack_kv_u64(pk, "unauthenticated", vs.unauthenticated) ||
+           pack_kv_u64(pk, "bytes_in", vs.bytes_in) || pack_kv_u64(pk, "bytes_out", vs.bytes_out) ||
+           am_mp_pack_str(pk, "membership", 10) || msgpack_pack_map(pk, 20) ||
+           pack_kv_str(pk, "profile", n->cfg.profile) ||
+           pack_kv_u64(pk, "encrypted", (uint64_t)n->keyed) ||
+           pack_kv_u64(pk, "members", am_swim_count(core)) || pack_kv_u64(pk, "live", alive) ||
+           pack_kv_u64(pk, "probes", ws.probes) || pack_kv_u64(pk, "acks", ws.acks) ||
+           pack_kv_u64(pk, "nacks", ws.nacks) ||
+           pack_kv_u64(pk, "indirect_probes", ws.indirect_probes) ||
+           pack_kv_u64(pk, "suspicions", ws.suspicions) ||
+           pack_kv_u64(pk, "refutations", ws.refutations) ||
+           pack_kv_u64(pk, "deaths_declared", ws.deaths_declared) ||
+           pack_kv_u64(pk, "health", ws.health) ||
+           pack_kv_u64(pk, "packets_in", ws.packets_in) ||
+           pack_kv_u64(pk, "packets_out", ws.packets_out) ||
+           pack_kv_u64(pk, "bytes_in", ws.bytes_in) || pack_kv_u64(pk, "bytes_out", ws.bytes_out) ||
+           pack_kv_u64(pk, "bad_packets", ws.bad_packets) ||
+           pack_kv_u64(pk, "unauthenticated", gs.unauthenticated) ||
+           pack_kv_u64(pk, "push_pulls", gs.streams_out + gs.streams_in) ||
+           pack_kv_u64(pk, "conflicts", gs.conflicts);
+}
+
+/* MEMBERS: {"members": [{"name", "addr", "state", "incarnation"}...]}. */
+static int pack_members(void *arg, msgpack_packer *pk)
+{
+    struct node *n = arg;
+    const struct am_swim *core = am_gossip_core(n->gossip);
+    size_t count = am_swim_count(core);
+    int rc = msgpack_pack_map(pk, 1) || am_mp_pack_str(pk, "members", 7) ||
+             msgpack_pack_array(pk, count);
+    for (size_t i = 0; !rc && i < count; i++) {
+        struct am_swim_member m;
+        const char *st;
+        am_swim_member_at(core, i, &m);
+        st = am_member_state_name(m.state);
+        rc = msgpack_pack_map(pk, 4) || pack_kv_str(pk, "name", m.name) ||
+             pack_kv_str(pk, "addr", m.addr) || pack_kv_str(pk, "state", st) ||
+             pack_kv_u64(pk, "incarnation", m.incarnation);
+    }
+    return rc;
+}
+
+static int sync_members(void *arg, const uint8_t *msg, size_t len, struct am_buf *reply)
+{
+    struct node *n = arg;
+    if (!n->gossip)
+        return AM_ESHUTDOWN;
+    return am_gossip_sync(n->gossip, msg, len, reply);
 }
 
 static void on_server_closed(void *arg)
@@ -106,6 +172,8 @@ static void on_server_closed(void *arg)
     n->rt = NULL;
     am_store_close(n->store);
     n->store = NULL;
+    am_gossip_close(n->gossip, NULL, NULL);
+    n->gossip = NULL;
     uv_close((uv_handle_t *)&n->sigterm, NULL);
     uv_close((uv_handle_t *)&n->sigint, NULL);
     am_log_info("stopped");
@@ -119,18 +187,34 @@ static void on_runtime_drained(void *arg)
     n->srv = NULL;
 }
 
-static void on_signal(uv_signal_t *h, int signum)
+static void on_left(void *arg)
 {
-    struct node *n = h->data;
+    struct node *n = arg;
+    am_log_info("left the cluster; finishing and writing what is in flight");
+    am_runtime_shutdown(n->rt, on_runtime_drained, n);
+}
+
+/* SIGTERM, SIGINT and `amesh leave` stop the node the same way. */
+static void stop(struct node *n, const char *why)
+{
     if (n->stopping) {
         am_log_warn("already stopping; waiting for the last writes");
         return;
     }
     n->stopping = 1;
-    am_log_info("%s: stopping (no new requests; finishing and writing what is in flight)",
-                signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    am_log_info("%s: leaving the cluster and stopping (no new requests)", why);
     am_server_stop_accepting(n->srv);
-    am_runtime_shutdown(n->rt, on_runtime_drained, n);
+    am_gossip_leave(n->gossip, on_left, n);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    stop(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+static void on_leave_request(void *arg)
+{
+    stop(arg, "leave requested");
 }
 
 static int start(struct node *n, char *err, size_t errlen)
@@ -168,6 +252,32 @@ static int start(struct node *n, char *err, size_t errlen)
         return rc;
     }
     am_addr_parse(c->bind, 0, &bind);
+    if (c->key_file[0]) {
+        rc = am_seal_init();
+        if (rc == 0)
+            rc = am_key_load(c->key_file, n->key, err, errlen);
+        if (rc)
+            return rc;
+        n->keyed = 1;
+    }
+    struct am_store_meta meta;
+    am_store_get_meta(n->store, &meta);
+    const char *seeds[AM_MAX_SEEDS];
+    for (int i = 0; i < c->njoins; i++)
+        seeds[i] = c->joins[i];
+    struct am_gossip_opts go = {
+        .name = c->name,
+        .advertise = c->advertise,
+        .bind = &bind,
+        .profile = c->profile,
+        .seeds = seeds,
+        .nseeds = (size_t)c->njoins,
+        .incarnation = meta.incarnation,
+        .key = n->keyed ? n->key : NULL,
+    };
+    rc = am_gossip_start(&n->gossip, &n->loop, &go, err, errlen);
+    if (rc)
+        return rc;
     /* A request frame holds the payload plus names and headers; 4 KiB covers
      * the largest envelope (names of 63, 255 and 63 bytes and a few ints). */
     struct am_server_opts vo = {
@@ -175,8 +285,16 @@ static int start(struct node *n, char *err, size_t errlen)
         .max_frame = c->max_payload + 4096,
         .max_connections = c->max_connections,
         .max_inflight = c->max_inflight,
+        .key = n->keyed ? n->key : NULL,
     };
-    rc = am_server_start(&n->srv, &n->loop, &bind, n->rt, &vo, pack_status, n, err, errlen);
+    struct am_server_hooks hooks = {
+        .status = pack_status,
+        .members = pack_members,
+        .leave = on_leave_request,
+        .sync = sync_members,
+        .arg = n,
+    };
+    rc = am_server_start(&n->srv, &n->loop, &bind, n->rt, &vo, &hooks, err, errlen);
     if (rc)
         return rc;
     uv_signal_init(&n->loop, &n->sigterm);
@@ -193,6 +311,8 @@ static void abort_start(struct node *n)
 {
     if (n->srv)
         am_server_close(n->srv, NULL, NULL);
+    if (n->gossip)
+        am_gossip_close(n->gossip, NULL, NULL);
     if (n->rt) {
         am_runtime_free(n->rt);
     }
@@ -227,13 +347,19 @@ int am_cmd_node(int argc, char **argv)
     }
     struct am_store_meta meta;
     am_store_get_meta(n.store, &meta);
-    am_log_info("listening on %s (client protocol %d), data %s, sync %s, incarnation %llu",
+    am_log_info("listening on %s (TCP and UDP, client protocol %d), data %s, sync %s, "
+                "incarnation %llu, profile %s%s",
                 n.cfg.bind, AM_PROTO_VERSION, n.cfg.data,
                 n.cfg.sync_interval_ms ? "interval" : "durable",
-                (unsigned long long)meta.incarnation);
+                (unsigned long long)meta.incarnation, n.cfg.profile,
+                n.keyed ? ", cluster key on" : "");
+    if (n.cfg.njoins)
+        am_log_info("joining through %d seed%s, first %s", n.cfg.njoins,
+                    n.cfg.njoins > 1 ? "s" : "", n.cfg.joins[0]);
     uv_run(&n.loop, UV_RUN_DEFAULT);
     uv_loop_close(&n.loop);
     am_registry_free(n.reg);
+    sodium_memzero(n.key, sizeof n.key);
     if (n.lost) {
         fprintf(stderr, "amesh node: %llu actor states could not be saved at shutdown\n",
                 (unsigned long long)n.lost);

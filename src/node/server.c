@@ -20,8 +20,10 @@
 #include "mem.h"
 #include "mp.h"
 #include "proto.h"
+#include "seal.h"
 
 #include <errno.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -44,9 +46,14 @@ struct conn {
     struct conn *prev, *next;
     struct conn *turn_next;
     struct am_buf in, out, wbuf;
+    /* With a cluster key: raw holds bytes read and not yet opened, sealed
+     * the sealed output waiting for its write (out stays plain text). */
+    struct am_buf raw, sealed;
+    struct am_secure sec;
     uv_write_t wreq;
     unsigned inflight;
     uint8_t in_turn, writing, paused, reading, closing, closed, close_after_write;
+    uint8_t member; /* said HELLO with role "member": a peer node */
 };
 
 struct am_server {
@@ -57,9 +64,10 @@ struct am_server {
     uv_timer_t drain_timer; /* bounds how long closing waits for slow readers */
     struct am_runtime *rt;
     struct am_server_opts o;
+    uint8_t key[AM_KEY_BYTES];
+    int keyed;
     size_t out_limit;
-    am_status_fn status;
-    void *status_arg;
+    struct am_server_hooks hooks;
     struct conn *conns;
     struct conn *turn; /* connections with output to write or input to resume */
     struct am_server_stats st;
@@ -97,7 +105,19 @@ static void turn_add(struct conn *c)
 
 static size_t pending_out(const struct conn *c)
 {
-    return c->out.len + c->wbuf.len;
+    return c->out.len + c->sealed.len + c->wbuf.len;
+}
+
+static void conn_free(struct conn *c)
+{
+    am_buf_close(&c->in);
+    am_buf_close(&c->out);
+    am_buf_close(&c->wbuf);
+    am_buf_close(&c->raw);
+    am_buf_close(&c->sealed);
+    if (c->srv->keyed)
+        am_secure_free(&c->sec);
+    am_free(c);
 }
 
 static int over_limits(const struct conn *c)
@@ -121,10 +141,7 @@ static void on_reply(void *ctx, uint64_t id, int status, const uint8_t *body, si
             send_error(c, id, AM_ST_INTERNAL, "out of memory");
         turn_add(c);
     } else if (c->closed && c->inflight == 0) {
-        am_buf_close(&c->in);
-        am_buf_close(&c->out);
-        am_buf_close(&c->wbuf);
-        am_free(c);
+        conn_free(c);
     }
 }
 
@@ -134,10 +151,12 @@ static void handle_hello(struct conn *c, const struct am_request *r)
     if (r->version != AM_PROTO_VERSION) {
         snprintf(msg, sizeof msg, "protocol version %llu is not supported (this node speaks %d)",
                  (unsigned long long)r->version, AM_PROTO_VERSION);
-    } else if (r->role_len != 6 || memcmp(r->role, "client", 6) != 0) {
+    } else if (!(r->role_len == 6 && memcmp(r->role, "client", 6) == 0) &&
+               !(r->role_len == 6 && memcmp(r->role, "member", 6) == 0 && c->srv->hooks.sync)) {
         snprintf(msg, sizeof msg, "role '%.*s' is not served on this port (use 'client')",
                  (int)r->role_len, r->role);
     } else {
+        c->member = r->role[0] == 'm';
         struct am_buf b;
         msgpack_packer pk;
         am_buf_init(&b);
@@ -161,11 +180,56 @@ static void handle_status(struct conn *c, const struct am_request *r)
     msgpack_packer pk;
     am_buf_init(&b);
     am_mp_packer_init(&pk, &b);
-    if (c->srv->status(c->srv->status_arg, &pk) ||
-        am_encode_reply(&c->out, r->id, AM_ST_OK, b.data, b.len))
+    int (*fn)(void *, msgpack_packer *) =
+        r->kind == AM_MSG_STATUS ? c->srv->hooks.status : c->srv->hooks.members;
+    if (!fn) {
+        send_error(c, r->id, AM_ST_BAD_REQUEST, "this node runs without membership");
+    } else if (fn(c->srv->hooks.arg, &pk) ||
+               am_encode_reply(&c->out, r->id, AM_ST_OK, b.data, b.len)) {
         send_error(c, r->id, AM_ST_INTERNAL, "out of memory");
+    }
     am_buf_close(&b);
     turn_add(c);
+}
+
+static void handle_sync(struct conn *c, const struct am_request *r)
+{
+    struct am_server *s = c->srv;
+    if (!c->member || !s->hooks.sync) {
+        send_error(c, r->id, AM_ST_BAD_REQUEST,
+                   "SYNC is served to member connections only (HELLO role 'member')");
+        return;
+    }
+    struct am_buf reply, b;
+    msgpack_packer pk;
+    am_buf_init(&reply);
+    am_buf_init(&b);
+    am_mp_packer_init(&pk, &b);
+    int rc = s->hooks.sync(s->hooks.arg, r->payload, r->payload_len, &reply);
+    if (rc) {
+        s->st.bad_frames++;
+        send_error(c, r->id, AM_ST_BAD_REQUEST, "malformed push-pull message");
+    } else if (msgpack_pack_bin(&pk, reply.len) ||
+               (reply.len && msgpack_pack_bin_body(&pk, reply.data, reply.len)) ||
+               am_encode_reply(&c->out, r->id, AM_ST_OK, b.data, b.len)) {
+        send_error(c, r->id, AM_ST_INTERNAL, "out of memory");
+    }
+    am_buf_close(&reply);
+    am_buf_close(&b);
+    turn_add(c);
+}
+
+static void handle_leave(struct conn *c, const struct am_request *r)
+{
+    struct am_server *s = c->srv;
+    static const uint8_t nil = 0xc0;
+    if (!s->hooks.leave) {
+        send_error(c, r->id, AM_ST_BAD_REQUEST, "this node runs without membership");
+        return;
+    }
+    if (am_encode_reply(&c->out, r->id, AM_ST_OK, &nil, 1) == 0)
+        turn_add(c);
+    s->hooks.leave(s->hooks.arg);
 }
 
 static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
@@ -186,7 +250,14 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
         handle_hello(c, &r);
         return;
     case AM_MSG_STATUS:
+    case AM_MSG_MEMBERS:
         handle_status(c, &r);
+        return;
+    case AM_MSG_SYNC:
+        handle_sync(c, &r);
+        return;
+    case AM_MSG_LEAVE:
+        handle_leave(c, &r);
         return;
     default:
         break;
@@ -246,14 +317,37 @@ static void process_input(struct conn *c)
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct conn *c = h->data;
+    struct am_buf *b = c->srv->keyed ? &c->raw : &c->in;
     (void)suggested;
-    if (am_buf_reserve(&c->in, READ_CHUNK)) {
+    if (am_buf_reserve(b, READ_CHUNK)) {
         buf->base = NULL;
         buf->len = 0;
         return;
     }
-    buf->base = (char *)c->in.data + c->in.len;
-    buf->len = c->in.cap - c->in.len;
+    buf->base = (char *)b->data + b->len;
+    buf->len = b->cap - b->len;
+}
+
+/* Opens what a keyed connection read into c->in. Returns 0, or -1 when the
+ * connection was closed (not our key). */
+static int open_raw(struct conn *c)
+{
+    struct am_server *s = c->srv;
+    int rc = am_secure_in(&c->sec, c->raw.data, c->raw.len, &c->in);
+    c->raw.len = 0;
+    if (c->raw.cap > READ_CHUNK)
+        am_buf_close(&c->raw);
+    if (rc == 1) {
+        rc = am_secure_out(&c->sec, NULL, 0, &c->sealed);
+        turn_add(c);
+    }
+    if (rc < 0) {
+        s->st.unauthenticated++;
+        am_log_debug("closed a connection that does not hold the cluster key");
+        conn_close(c);
+        return -1;
+    }
+    return 0;
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
@@ -269,8 +363,14 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         conn_close(c); /* EOF or error: a half-sent frame is dropped */
         return;
     }
-    c->in.len += (size_t)nread;
     c->srv->st.bytes_in += (uint64_t)nread;
+    if (c->srv->keyed) {
+        c->raw.len += (size_t)nread;
+        if (open_raw(c))
+            return;
+    } else {
+        c->in.len += (size_t)nread;
+    }
     process_input(c);
 }
 
@@ -291,10 +391,23 @@ static void on_write(uv_write_t *req, int status)
 
 static void start_write(struct conn *c)
 {
+    /* With a key the turn's plain output is sealed first; what goes on the
+     * wire is then c->sealed. */
+    struct am_buf *src = &c->out;
+    if (c->srv->keyed) {
+        if (c->out.len && am_secure_out(&c->sec, c->out.data, c->out.len, &c->sealed)) {
+            conn_close(c);
+            return;
+        }
+        c->out.len = 0;
+        src = &c->sealed;
+        if (src->len == 0)
+            return; /* held until the handshake completes */
+    }
     /* Most turns' output fits the socket buffer: write it directly, which
      * spares libuv's write request and the epoll changes it makes. Only
      * what the kernel does not take waits for a uv_write. */
-    uv_buf_t direct = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
+    uv_buf_t direct = uv_buf_init((char *)src->data, (unsigned)src->len);
     int n = uv_try_write((uv_stream_t *)&c->tcp, &direct, 1);
     if (n < 0 && n != UV_EAGAIN) {
         conn_close(c);
@@ -302,19 +415,19 @@ static void start_write(struct conn *c)
     }
     if (n > 0) {
         c->srv->st.bytes_out += (uint64_t)n;
-        am_buf_consume(&c->out, (size_t)n);
-        if (c->out.len == 0) {
-            if (c->out.cap > OUT_LIMIT_MIN)
-                am_buf_close(&c->out);
+        am_buf_consume(src, (size_t)n);
+        if (src->len == 0) {
+            if (src->cap > OUT_LIMIT_MIN)
+                am_buf_close(src);
             if (c->paused || c->close_after_write)
                 turn_add(c); /* resume reading, or close, next turn */
             return;
         }
     }
     struct am_buf t = c->wbuf;
-    c->wbuf = c->out;
-    c->out = t;
-    c->out.len = 0;
+    c->wbuf = *src;
+    *src = t;
+    src->len = 0;
     uv_buf_t b = uv_buf_init((char *)c->wbuf.data, (unsigned)c->wbuf.len);
     c->wreq.data = c;
     if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) == 0)
@@ -342,9 +455,9 @@ static void on_turn(uv_check_t *h)
             if (!c->paused && !c->close_after_write && !c->closing)
                 uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
         }
-        if (!c->writing && c->out.len)
+        if (!c->writing && (c->out.len || c->sealed.len))
             start_write(c);
-        if (c->close_after_write && !c->writing && !c->out.len && !c->closing)
+        if (c->close_after_write && !c->writing && !pending_out(c) && !c->closing)
             conn_close(c);
     }
     if (!s->turn) {
@@ -373,12 +486,8 @@ static void on_conn_closed(uv_handle_t *h)
         *pp = c->turn_next;
         c->in_turn = 0;
     }
-    if (c->inflight == 0) {
-        am_buf_close(&c->in);
-        am_buf_close(&c->out);
-        am_buf_close(&c->wbuf);
-        am_free(c);
-    }
+    if (c->inflight == 0)
+        conn_free(c);
     maybe_finish_close(s);
 }
 
@@ -451,12 +560,20 @@ static void on_connection(uv_stream_t *listener, int status)
     }
     s->st.accepted++;
     uv_tcp_nodelay(&c->tcp, 1);
+    if (s->keyed) {
+        am_secure_init(&c->sec, s->key, 0);
+        if (am_secure_start(&c->sec, &c->sealed)) {
+            conn_close(c);
+            return;
+        }
+        turn_add(c);
+    }
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
 int am_server_start(struct am_server **out, uv_loop_t *loop, const struct sockaddr_in *addr,
-                    struct am_runtime *rt, const struct am_server_opts *o, am_status_fn status,
-                    void *status_arg, char *err, size_t errlen)
+                    struct am_runtime *rt, const struct am_server_opts *o,
+                    const struct am_server_hooks *hooks, char *err, size_t errlen)
 {
     char where[32];
     am_addr_format(addr, where, sizeof where);
@@ -467,8 +584,12 @@ int am_server_start(struct am_server **out, uv_loop_t *loop, const struct sockad
     s->rt = rt;
     s->o = *o;
     s->out_limit = 2 * o->max_frame > OUT_LIMIT_MIN ? 2 * o->max_frame : OUT_LIMIT_MIN;
-    s->status = status;
-    s->status_arg = status_arg;
+    s->hooks = *hooks;
+    if (o->key) {
+        memcpy(s->key, o->key, AM_KEY_BYTES);
+        s->keyed = 1;
+    }
+    s->o.key = NULL;
     uv_tcp_init(loop, &s->listener);
     uv_check_init(loop, &s->turn_check);
     uv_idle_init(loop, &s->turn_idle);
@@ -508,6 +629,7 @@ static void on_server_handle_closed(uv_handle_t *h)
         return;
     void (*done)(void *) = s->close_done;
     void *arg = s->close_arg;
+    sodium_memzero(s->key, sizeof s->key);
     am_free(s);
     if (done)
         done(arg);
@@ -519,7 +641,7 @@ static void maybe_finish_close(struct am_server *s)
     if (!s->closing || s->handles_open != 4)
         return;
     for (struct conn *c = s->conns; c; c = c->next) {
-        if (!c->writing && !c->out.len)
+        if (!c->writing && !pending_out(c))
             conn_close(c);
     }
     if (s->conns)

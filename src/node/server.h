@@ -9,6 +9,7 @@
 #ifndef AM_SERVER_H
 #define AM_SERVER_H
 
+#include "buf.h"
 #include "runtime.h"
 
 #include <msgpack.h>
@@ -20,6 +21,7 @@ struct am_server;
 
 struct am_server_opts {
     const char *node_name;     /* borrowed for the server's lifetime */
+    const uint8_t *key;        /* 32-byte cluster key (seal.h) or NULL; copied */
     size_t max_frame;          /* largest request frame body */
     unsigned max_connections;
     unsigned max_inflight;     /* per connection */
@@ -31,17 +33,27 @@ struct am_server_stats {
     uint64_t rejected;         /* refused for max_connections */
     uint64_t requests;         /* frames decoded */
     uint64_t bad_frames;       /* malformed or oversized */
+    uint64_t unauthenticated;  /* connections closed: no cluster key, or another one */
     uint64_t bytes_in, bytes_out;
 };
 
-/* Packs the STATUS reply: one msgpack map. */
-typedef int (*am_status_fn)(void *arg, msgpack_packer *pk);
+/* What the node serves besides actor calls. Each packs or produces its
+ * reply synchronously on the loop thread. */
+struct am_server_hooks {
+    int (*status)(void *arg, msgpack_packer *pk);  /* STATUS: one map */
+    int (*members)(void *arg, msgpack_packer *pk); /* MEMBERS: one map; NULL when not clustered */
+    void (*leave)(void *arg);                      /* LEAVE, after the reply is queued */
+    /* SYNC, on "member" connections only: a push-pull message in, the
+     * answer appended to reply. 0 or AM_EPROTO. */
+    int (*sync)(void *arg, const uint8_t *msg, size_t len, struct am_buf *reply);
+    void *arg;
+};
 
-/* Starts listening on addr. rt is borrowed. On error err says why (e.g. the
- * address is in use). */
+/* Starts listening on addr. rt and hooks are borrowed. On error err says
+ * why (e.g. the address is in use). */
 int am_server_start(struct am_server **out, uv_loop_t *loop, const struct sockaddr_in *addr,
-                    struct am_runtime *rt, const struct am_server_opts *o, am_status_fn status,
-                    void *status_arg, char *err, size_t errlen);
+                    struct am_runtime *rt, const struct am_server_opts *o,
+                    const struct am_server_hooks *hooks, char *err, size_t errlen);
 
 /* Stops accepting connections and reading requests; replies still flow. */
 void am_server_stop_accepting(struct am_server *s);

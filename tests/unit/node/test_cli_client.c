@@ -536,8 +536,8 @@ Test(cmd_call, prints_usage_on_stderr_for_a_usage_error, .init = redirect_all)
     cr_assert_stdout_eq_str("");
     cr_assert_stderr_eq_str(
         "amesh: unknown option '--frobnicate'\n"
-        "usage: amesh call [--node HOST:PORT] [--timeout MS] TYPE ID ACTION [JSON]\n"
-        "       amesh cast [--node HOST:PORT] [--timeout MS] TYPE ID ACTION [JSON]\n"
+        "usage: amesh call [--node HOST:PORT] [--timeout MS] [--key-file FILE] TYPE ID ACTION [JSON]\n"
+        "       amesh cast [--node HOST:PORT] [--timeout MS] [--key-file FILE] TYPE ID ACTION [JSON]\n"
         "Try 'amesh call --help'.\n");
 }
 
@@ -550,7 +550,8 @@ Test(cmd_call, prints_help_on_stdout_and_exits_0, .init = redirect_all)
     char line[256] = "";
     cr_assert_not_null(fgets(line, sizeof line, out));
     cr_assert_str_eq(line,
-                     "usage: amesh call [--node HOST:PORT] [--timeout MS] TYPE ID ACTION [JSON]\n");
+                     "usage: amesh call [--node HOST:PORT] [--timeout MS] [--key-file FILE] TYPE ID "
+                     "ACTION [JSON]\n");
     cr_assert_stderr_eq_str("");
 }
 

@@ -102,9 +102,51 @@ Test(config, refuses_bad_values_with_a_message_naming_the_option)
     expect_error(NARGS("--data"), ARGS("--data"), "needs a value");
     expect_error(NARGS("--frobnicate", "1"), ARGS("--frobnicate", "1"), "--frobnicate");
     expect_error(NARGS("stray"), ARGS("stray"), "stray");
-    expect_error(NARGS("--join", "127.0.0.1:7000"), ARGS("--join", "127.0.0.1:7000"),
-                 "not built yet");
+    expect_error(NARGS("--replicas", "2"), ARGS("--replicas", "2"), "not built yet");
+    expect_error(NARGS("--join", "127.0.0.1"), ARGS("--join", "127.0.0.1"), "--join");
+    expect_error(NARGS("--profile", "moon"), ARGS("--profile", "moon"), "--profile");
     expect_error(NARGS("--bind", "0.0.0.0:7946"), ARGS("--bind", "0.0.0.0:7946"), "--advertise");
+}
+
+Test(config, join_is_repeatable_and_the_environment_takes_a_list)
+{
+    struct am_config c;
+    char err[256];
+    char *argv[] = {"node", "--join", "127.0.0.2:7946", "--join=127.0.0.3:7000", NULL};
+    cr_assert_eq(am_config_parse(&c, 4, argv, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.njoins, 2);
+    cr_assert_str_eq(c.joins[0], "127.0.0.2:7946");
+    cr_assert_str_eq(c.joins[1], "127.0.0.3:7000");
+    cr_assert_str_eq(c.profile, "lan");
+
+    setenv("AMESH_JOIN", "127.0.0.4:1,127.0.0.5:2,127.0.0.6:3", 1);
+    setenv("AMESH_PROFILE", "wan", 1);
+    char *none[] = {"node", NULL};
+    cr_assert_eq(am_config_parse(&c, 1, none, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.njoins, 3);
+    cr_assert_str_eq(c.joins[2], "127.0.0.6:3");
+    cr_assert_str_eq(c.profile, "wan");
+    /* A flag replaces the environment's list rather than adding to it. */
+    char *one[] = {"node", "--join", "127.0.0.9:9", NULL};
+    cr_assert_eq(am_config_parse(&c, 3, one, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.njoins, 1);
+    cr_assert_str_eq(c.joins[0], "127.0.0.9:9");
+    setenv("AMESH_JOIN", "127.0.0.4:1,,127.0.0.5:2", 1);
+    cr_assert_neq(am_config_parse(&c, 1, none, err, sizeof err), 0);
+    cr_assert(strstr(err, "AMESH_JOIN"), "%s", err);
+    unsetenv("AMESH_JOIN");
+    unsetenv("AMESH_PROFILE");
+}
+
+Test(config, a_name_longer_than_the_membership_bound_is_refused)
+{
+    struct am_config c;
+    char err[256], name[200];
+    memset(name, 'n', sizeof name - 1);
+    name[sizeof name - 1] = '\0';
+    char *argv[] = {"node", "--name", name, NULL};
+    cr_assert_neq(am_config_parse(&c, 3, argv, err, sizeof err), 0);
+    cr_assert(strstr(err, "--name"), "%s", err);
 }
 
 Test(config, refuses_a_bad_environment_value_naming_the_variable)
