@@ -44,6 +44,7 @@
 #include "mem.h"
 #include "mp.h"
 #include "proto.h"
+#include "seal.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -64,7 +65,7 @@ const char am_bench_usage[] =
     "                   [--actors N] [--connections C] [--pipeline P]\n"
     "                   [--duration S | --requests N] [--warmup S] [--payload BYTES]\n"
     "                   [--skew THETA] [--seed N] [--timeout MS] [--json] [--verify]\n"
-    "                   [--series FILE] [--cdf FILE]\n"
+    "                   [--series FILE] [--cdf FILE] [--key-file FILE]\n"
     "\n"
     "  --node         nodes to load, connections spread round-robin (127.0.0.1:7946)\n"
     "  --type         actor type (counter)\n"
@@ -85,7 +86,8 @@ const char am_bench_usage[] =
     "  --series       write one CSV line per measured second to FILE:\n"
     "                 second,requests,errors,rps,p50_us,p99_us\n"
     "  --cdf          write the latency distribution of the measured window to FILE:\n"
-    "                 percentile,latency_us for 0..99, 99.1..99.9, 99.91..99.99, 100\n";
+    "                 percentile,latency_us for 0..99, 99.1..99.9, 99.91..99.99, 100\n"
+    "  --key-file     the cluster key, when the nodes have one (or AMESH_KEY_FILE)\n";
 
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt,
                                                       ...)
@@ -189,6 +191,8 @@ static void set_defaults(struct am_bench_opts *o)
     o->payload = -1;
     o->seed = 1;
     o->timeout_ms = 5000;
+    const char *key = getenv("AMESH_KEY_FILE");
+    o->key_file = key && *key ? key : NULL;
 }
 
 int am_bench_int_payload(const struct am_bench_opts *o)
@@ -227,6 +231,7 @@ int am_bench_parse(struct am_bench_opts *o, int argc, char **argv, char *err, si
             "--node",     "--type",     "--action",   "--actors", "--connections",
             "--pipeline", "--duration", "--requests", "--warmup", "--payload",
             "--skew",     "--seed",     "--timeout",  "--series", "--cdf",
+            "--key-file",
         };
         int known = is_switch;
         for (size_t k = 0; !known && k < sizeof valued / sizeof *valued; k++)
@@ -309,6 +314,10 @@ int am_bench_parse(struct am_bench_opts *o, int argc, char **argv, char *err, si
                 o->series = val;
             else
                 o->cdf = val;
+        } else if (strcmp(flag, "--key-file") == 0) {
+            if (val[0] == '\0')
+                return fail(err, errlen, "--key-file needs a file name");
+            o->key_file = val;
         } else if (strcmp(flag, "--timeout") == 0) {
             if (parse_long(val, 1, AM_BENCH_MAX_TIMEOUT_MS, &o->timeout_ms))
                 return fail(err, errlen,
@@ -375,6 +384,12 @@ struct conn {
     int writing; /* wreq in flight: wbuf belongs to it */
     int dirty;   /* on b->dirty */
     struct am_buf out, wbuf, in;
+    /* With a cluster key: raw holds bytes read and not yet opened, sealed
+     * the sealed output (out stays plain text). */
+    struct am_buf raw, sealed;
+    struct am_secure sec;
+    int sec_on;
+    int authentic; /* a sealed record from the node was opened */
     struct slot *slots; /* P, borrowed from b->slots */
     uint32_t *free;     /* stack of free slot indexes, borrowed from b->free */
     uint32_t nfree;
@@ -393,6 +408,8 @@ struct bench {
     uv_signal_t sigint;
     const struct am_bench_opts *o;
     enum phase phase;
+    uint8_t key[AM_KEY_BYTES];
+    int keyed;
 
     struct conn *conns;
     size_t nconns, nup;
@@ -643,7 +660,11 @@ static void on_close(uv_handle_t *h)
     struct bench *b = c->b;
     c->state = CS_IDLE;
     c->writing = 0;
-    c->out.len = c->wbuf.len = c->in.len = 0;
+    c->out.len = c->wbuf.len = c->in.len = c->raw.len = c->sealed.len = 0;
+    if (c->sec_on) {
+        am_secure_free(&c->sec);
+        c->sec_on = c->authentic = 0;
+    }
     c->reconnect_at = uv_hrtime() + c->backoff;
     c->backoff = c->backoff * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : c->backoff * 2;
     advance(b);
@@ -691,19 +712,33 @@ static void on_write(uv_write_t *req, int status)
     c->wbuf.len = 0;
     if (status < 0)
         conn_lost(c, KIND_DISCONNECTED);
-    else if (c->out.len && (c->state == CS_UP || c->state == CS_HELLO))
+    else if ((c->out.len || c->sealed.len) && (c->state == CS_UP || c->state == CS_HELLO))
         mark_dirty(c);
     advance(c->b);
 }
 
 static void conn_flush(struct conn *c)
 {
-    if ((c->state != CS_UP && c->state != CS_HELLO) || c->writing || c->out.len == 0)
+    if ((c->state != CS_UP && c->state != CS_HELLO) || c->writing ||
+        (c->out.len == 0 && c->sealed.len == 0))
         return;
-    uv_buf_t ub = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
-    int n = uv_try_write((uv_stream_t *)&c->tcp, &ub, 1);
-    if (n == (int)c->out.len) {
+    /* With a key, what goes on the wire is the sealed form of out (held
+     * inside c->sec until the handshake completes). */
+    struct am_buf *src = &c->out;
+    if (c->sec_on) {
+        if (c->out.len && am_secure_out(&c->sec, c->out.data, c->out.len, &c->sealed)) {
+            conn_lost(c, KIND_DISCONNECTED);
+            return;
+        }
         c->out.len = 0;
+        src = &c->sealed;
+        if (src->len == 0)
+            return;
+    }
+    uv_buf_t ub = uv_buf_init((char *)src->data, (unsigned)src->len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &ub, 1);
+    if (n == (int)src->len) {
+        src->len = 0;
         return;
     }
     if (n < 0 && n != UV_EAGAIN) {
@@ -711,11 +746,11 @@ static void conn_flush(struct conn *c)
         return;
     }
     if (n > 0)
-        am_buf_consume(&c->out, (size_t)n);
+        am_buf_consume(src, (size_t)n);
     struct am_buf t = c->wbuf;
-    c->wbuf = c->out;
-    c->out = t;
-    c->out.len = 0;
+    c->wbuf = *src;
+    *src = t;
+    src->len = 0;
     ub = uv_buf_init((char *)c->wbuf.data, (unsigned)c->wbuf.len);
     c->wreq.data = c;
     int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &ub, 1, on_write);
@@ -876,12 +911,44 @@ static void complete(struct conn *c, uint32_t s, const struct am_reply *r, uint6
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct conn *c = h->data;
+    struct am_buf *in = c->sec_on ? &c->raw : &c->in;
     (void)suggested;
-    if (am_buf_reserve(&c->in, READ_CHUNK)) {
+    if (am_buf_reserve(in, READ_CHUNK)) {
         *buf = uv_buf_init(NULL, 0); /* read_cb gets UV_ENOBUFS */
         return;
     }
-    *buf = uv_buf_init((char *)c->in.data + c->in.len, (unsigned)(c->in.cap - c->in.len));
+    *buf = uv_buf_init((char *)in->data + in->len, (unsigned)(in->cap - in->len));
+}
+
+/* A keyed connection closed or failed before anything authentic came from
+ * the node: the node could not open what we sealed (another key, or none). */
+static void key_refused(struct conn *c)
+{
+    struct bench *b = c->b;
+    if (b->phase == PH_CONNECT && !b->start_failed) {
+        b->start_failed = 1;
+        snprintf(b->start_err, sizeof b->start_err, "%s does not hold this cluster key",
+                 b->o->node_names[c->node]);
+    }
+}
+
+/* Opens what a keyed connection read. Returns 0, or -1 when the node does
+ * not hold our key (the connection is then lost). */
+static int open_raw(struct conn *c)
+{
+    size_t had = c->in.len;
+    int rc = am_secure_in(&c->sec, c->raw.data, c->raw.len, &c->in);
+    c->raw.len = 0;
+    c->authentic |= c->in.len > had;
+    if (rc == 1) {
+        rc = am_secure_out(&c->sec, NULL, 0, &c->sealed);
+        mark_dirty(c);
+    }
+    if (rc >= 0)
+        return 0;
+    key_refused(c);
+    conn_lost(c, KIND_DISCONNECTED);
+    return -1;
 }
 
 /* The node took the connection: only now do requests flow, so a node that
@@ -926,11 +993,21 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (nread < 0) {
         if (nread == UV_ENOBUFS)
             b->oom = 1;
+        else if (c->sec_on && !c->authentic)
+            key_refused(c);
         conn_lost(c, KIND_DISCONNECTED);
         advance(b);
         return;
     }
-    c->in.len += (size_t)nread;
+    if (c->sec_on) {
+        c->raw.len += (size_t)nread;
+        if (open_raw(c)) {
+            advance(b);
+            return;
+        }
+    } else {
+        c->in.len += (size_t)nread;
+    }
     uint64_t now = uv_hrtime();
     size_t off = 0;
     while (c->state == CS_UP || c->state == CS_HELLO) {
@@ -940,6 +1017,13 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         if (n == 0)
             break;
         struct am_reply r;
+        if (n < 0 && !c->sec_on && memcmp(c->in.data + off, "AMS1", 4) == 0 &&
+            b->phase == PH_CONNECT && !b->start_failed) {
+            b->start_failed = 1; /* a keyed node's handshake */
+            snprintf(b->start_err, sizeof b->start_err,
+                     "%s requires the cluster key (--key-file or AMESH_KEY_FILE)",
+                     b->o->node_names[c->node]);
+        }
         if (n < 0 || am_reply_decode(&r, body, blen)) {
             conn_lost(c, KIND_BAD_REPLY);
             break;
@@ -992,7 +1076,14 @@ static void on_connect(uv_connect_t *req, int status)
     c->state = CS_HELLO;
     c->hello_at = uv_hrtime();
     uv_tcp_nodelay(&c->tcp, 1);
-    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    int rc = 0;
+    if (b->keyed) {
+        am_secure_init(&c->sec, b->key, 1);
+        c->sec_on = 1;
+        rc = am_secure_start(&c->sec, &c->sealed);
+    }
+    if (!rc)
+        rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (!rc)
         rc = am_encode_hello(&c->out, HELLO_ID, "client");
     if (rc) {
@@ -1360,6 +1451,10 @@ static void bench_free(struct bench *b)
         am_buf_close(&b->conns[i].out);
         am_buf_close(&b->conns[i].wbuf);
         am_buf_close(&b->conns[i].in);
+        am_buf_close(&b->conns[i].raw);
+        am_buf_close(&b->conns[i].sealed);
+        if (b->conns[i].sec_on)
+            am_secure_free(&b->conns[i].sec);
     }
     am_free(b->conns);
     am_free(b->dirty);
@@ -1591,6 +1686,15 @@ static int bench_run(const struct am_bench_opts *o)
         fprintf(stderr, "amesh bench: out of memory\n");
         bench_free(b);
         return AM_EXIT_ERROR;
+    }
+    if (o->key_file) {
+        char kerr[1200] = "cannot initialise libsodium";
+        if (am_seal_init() || am_key_load(o->key_file, b->key, kerr, sizeof kerr)) {
+            fprintf(stderr, "amesh bench: %s\n", kerr);
+            bench_free(b);
+            return AM_EXIT_ERROR;
+        }
+        b->keyed = 1;
     }
     if (open_files(b)) {
         close_files(b, 0);

@@ -103,6 +103,7 @@ struct am_bench_opts {
     long timeout_ms;
     const char *series; /* --series FILE, or NULL; borrowed from argv */
     const char *cdf;    /* --cdf FILE, or NULL; borrowed from argv */
+    const char *key_file; /* --key-file FILE (or AMESH_KEY_FILE), or NULL; borrowed */
     int json;
     int verify;
     int help;

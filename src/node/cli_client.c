@@ -516,6 +516,11 @@ static int report_failure(int rc, const char *node, int timeout_ms)
         fprintf(stderr, "amesh: %s does not hold this cluster key\n", node);
         return AM_EXIT_ERROR;
     }
+    if (rc == -ENOKEY) {
+        fprintf(stderr, "amesh: %s requires the cluster key (--key-file or AMESH_KEY_FILE)\n",
+                node);
+        return AM_EXIT_ERROR;
+    }
     if (rc == -ECONNRESET && !cli_key_file) {
         fprintf(stderr, "amesh: connection to %s lost: %s (a node started with --key-file closes "
                         "connections without its key)\n",
@@ -679,10 +684,15 @@ int am_members_text(const uint8_t *p, size_t len, struct am_buf *out)
     if (!len || am_mp_read_map(&pos, end, &n) || n != 1 || am_mp_read_str(&pos, end, &k, &klen) ||
         klen != 7 || memcmp(k, "members", 7) || am_mp_read_array(&pos, end, &count))
         return AM_EPROTO;
+    size_t at = out->len;
     int rc = am_buf_append(out, head, sizeof head - 1);
     for (uint32_t i = 0; i < count && !rc; i++)
         rc = member_line(&pos, end, out);
-    return rc ? rc : pos == end ? 0 : AM_EPROTO;
+    if (!rc && pos != end)
+        rc = AM_EPROTO;
+    if (rc)
+        out->len = at; /* nothing half-printed */
+    return rc;
 }
 
 /* "status" and "members": ask, then print text or JSON. */

@@ -66,7 +66,7 @@ int am_status_text(const uint8_t *p, size_t len, struct am_buf *out);
 /* The text form of a MEMBERS reply: a header line, then one line per member
  * (name, address, state, incarnation in aligned columns), control
  * characters printed as '?'. Appends to out. Returns 0, AM_EPROTO for a
- * reply of another shape, or -ENOMEM. */
+ * reply of another shape, or -ENOMEM; on error out is left as it was. */
 int am_members_text(const uint8_t *p, size_t len, struct am_buf *out);
 
 #endif

@@ -259,6 +259,8 @@ static int next_reply(struct am_client *c, int64_t deadline, struct am_reply *r)
         const uint8_t *body;
         size_t body_len;
         long n = am_frame_next(c->in.data, c->in.len, AM_CLIENT_MAX_FRAME, &body, &body_len);
+        if (n < 0 && !c->keyed && memcmp(c->in.data, "AMS1", 4) == 0)
+            return broke(c, -ENOKEY, 0); /* a keyed node's handshake */
         if (n < 0)
             return broke(c, AM_EPROTO, 0); /* cannot skip what we will not buffer */
         if (n > 0) {

@@ -96,7 +96,8 @@ int am_client_simple(struct am_client *c, int kind, struct am_buf *reply, int *s
  * handshake now; every later request is sealed, every reply opened. Call
  * right after am_client_open, before any request. Returns 0, -EINVAL when
  * called later, or a send error. A node that does not hold the same key
- * makes later calls fail with -EACCES. */
+ * makes later calls fail with -EACCES. Without a key, a node that has one
+ * makes calls fail with -ENOKEY. */
 int am_client_set_key(struct am_client *c, const uint8_t key[AM_KEY_BYTES]);
 
 /* For tests that craft their own bytes: sends [p, p+n) as is, waiting at most

@@ -398,6 +398,50 @@ Test(status_text, refuses_malformed_bytes_and_leaves_out_as_it_was)
     am_buf_close(&out);
 }
 
+static void pack_member(msgpack_packer *pk, const char *name, const char *addr, const char *state,
+                        uint64_t inc)
+{
+    msgpack_pack_map(pk, 4);
+    am_mp_pack_str(pk, "name", 4);
+    am_mp_pack_str(pk, name, strlen(name));
+    am_mp_pack_str(pk, "addr", 4);
+    am_mp_pack_str(pk, addr, strlen(addr));
+    am_mp_pack_str(pk, "state", 5);
+    am_mp_pack_str(pk, state, strlen(state));
+    am_mp_pack_str(pk, "incarnation", 11);
+    msgpack_pack_uint64(pk, inc);
+}
+
+Test(members_text, prints_a_header_and_one_aligned_line_per_member)
+{
+    struct am_buf in, out;
+    msgpack_packer pk;
+    am_buf_init(&in);
+    am_buf_init(&out);
+    am_mp_packer_init(&pk, &in);
+    msgpack_pack_map(&pk, 1);
+    am_mp_pack_str(&pk, "members", 7);
+    msgpack_pack_array(&pk, 2);
+    pack_member(&pk, "n1", "127.0.0.2:7946", "alive", 3);
+    pack_member(&pk, "evil\x1b[2J", "127.0.0.3:7946", "dead", 18446744073709551615ull);
+    cr_assert_eq(am_members_text(in.data, in.len, &out), 0);
+    cr_assert_eq(am_buf_append(&out, "", 1), 0);
+    cr_assert_str_eq((const char *)out.data,
+                     "NAME                     ADDR                   STATE    INCARNATION\n"
+                     "n1                       127.0.0.2:7946         alive    3\n"
+                     "evil?[2J                 127.0.0.3:7946         dead     "
+                     "18446744073709551615\n");
+    /* Another shape (a status map) is refused and nothing is printed. */
+    out.len = 0;
+    static const uint8_t status[] = {0x81, 0xa4, 'n', 'o', 'd', 'e', 0xa2, 'n', '1'};
+    cr_assert_eq(am_members_text(status, sizeof status, &out), AM_EPROTO);
+    /* A truncated list too. */
+    cr_assert_eq(am_members_text(in.data, in.len - 3, &out), AM_EPROTO);
+    cr_assert_eq(out.len, 0);
+    am_buf_close(&in);
+    am_buf_close(&out);
+}
+
 /* ---- whole commands against a fake node --------------------------------------- */
 
 static void redirect_all(void)
