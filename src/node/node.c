@@ -46,6 +46,7 @@ struct node {
     uv_signal_t sigterm, sigint;
     uint64_t started_ms;
     int stopping;
+    int refused; /* stopped because another live node holds our name */
     uint64_t lost; /* unsaved states given up at shutdown */
 };
 
@@ -207,6 +208,28 @@ static void stop(struct node *n, const char *why)
     am_gossip_leave(n->gossip, on_left, n);
 }
 
+/* A node that finds, while joining, that a live member already holds its
+ * name stops at once and without spreading `left` (which would speak for
+ * the other node). "While joining" is the first JOIN_CONFLICT_MS after the
+ * start of a node started with --join; later, a conflict is only logged:
+ * the member that was there first keeps the name (swim.c). */
+#define JOIN_CONFLICT_MS 30000
+
+static void on_member_event(void *arg, const struct am_swim_action *ev)
+{
+    struct node *n = arg;
+    if (ev->event != AM_SWIM_EV_CONFLICT || strcmp(ev->name, n->cfg.name) != 0 ||
+        !n->cfg.njoins || n->stopping || !n->srv || uv_now(&n->loop) - n->started_ms > JOIN_CONFLICT_MS)
+        return;
+    am_log_error("the name '%s' is held by a live member at %s: this node (%s) refuses to run "
+                 "with it; start it with another --name",
+                 n->cfg.name, ev->addr, n->cfg.advertise);
+    n->stopping = 1;
+    n->refused = 1;
+    am_server_stop_accepting(n->srv);
+    am_runtime_shutdown(n->rt, on_runtime_drained, n);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     stop(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -274,6 +297,8 @@ static int start(struct node *n, char *err, size_t errlen)
         .nseeds = (size_t)c->njoins,
         .incarnation = meta.incarnation,
         .key = n->keyed ? n->key : NULL,
+        .on_event = on_member_event,
+        .arg = n,
     };
     rc = am_gossip_start(&n->gossip, &n->loop, &go, err, errlen);
     if (rc)
@@ -360,6 +385,12 @@ int am_cmd_node(int argc, char **argv)
     uv_loop_close(&n.loop);
     am_registry_free(n.reg);
     sodium_memzero(n.key, sizeof n.key);
+    if (n.refused) {
+        fprintf(stderr, "amesh node: the name '%s' is in use by another live node; start this "
+                        "one with another --name\n",
+                n.cfg.name);
+        return AM_EXIT_ERROR;
+    }
     if (n.lost) {
         fprintf(stderr, "amesh node: %llu actor states could not be saved at shutdown\n",
                 (unsigned long long)n.lost);

@@ -444,10 +444,15 @@ Test(members, a_second_live_node_with_a_name_in_use_is_refused, .timeout = 120)
     int two[] = {0, 1};
     struct expect e = {two, 2, "alive", 1, 2};
     wait_views(two, 2, check_states, &e, 30000, "two nodes converge");
-    /* Node 2 claims n1's name from another address. */
+    /* Node 2 claims n1's name from another address: it learns of the live
+     * holder while joining and stops with an error, without a `left` that
+     * would speak for the holder. */
     snprintf(w.names[2], sizeof w.names[2], "n1");
-    node_start(2, 0, NULL, NULL);
-    proc_sleep_ms(5000);
+    const char *extra[] = {"--name", "n1", "--join", w.nodes[0].addr, NULL};
+    cr_assert_eq(proc_node_spawn(&w.nodes[2], extra), 0);
+    int code = proc_node_wait_exit(&w.nodes[2], 20000);
+    cr_assert_eq(code, 1, "the newcomer exited with %d", code);
+    proc_sleep_ms(3000);
     json_t *m = query(0, AM_MSG_MEMBERS);
     cr_assert_not_null(m);
     cr_assert_eq(json_array_size(json_object_get(m, "members")), 2);
@@ -458,9 +463,12 @@ Test(members, a_second_live_node_with_a_name_in_use_is_refused, .timeout = 120)
     char *log0 = proc_read_file(w.nodes[0].log, &len);
     char *log2 = proc_read_file(w.nodes[2].log, &len);
     cr_assert(log0 && strstr(log0, "claimed"), "n0 logged no conflict");
-    cr_assert(log2 && strstr(log2, "claimed"), "the newcomer logged no conflict");
+    cr_assert(log2 && strstr(log2, "refuses to run with it"), "the newcomer logged no refusal");
+    cr_assert(strstr(log2, "start this one with another --name"), "no exit message");
     free(log0);
     free(log2);
-    for (int i = 0; i < 3; i++)
-        node_stop_ok(i);
+    struct expect still = {two, 2, "alive", 1, 2};
+    wait_views(two, 2, check_states, &still, 10000, "holder still alive and alone with its name");
+    node_stop_ok(0);
+    node_stop_ok(1);
 }
