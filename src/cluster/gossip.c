@@ -30,6 +30,9 @@
 #define MAX_SYNC_FRAME (24u << 20)
 /* A leave waits at most this long for the core to say its news spread. */
 #define LEAVE_MAX_MS 5000
+/* The address given to the core for a push-pull that arrived on the
+ * server: its answer goes back on that connection, not to an address. */
+#define SYNC_PEER "0.0.0.0:0"
 /* Room for one datagram, sealed or not. */
 #define DGRAM_MAX 65536
 
@@ -39,7 +42,7 @@ struct stream {
     uv_connect_t creq;
     uv_timer_t timer;
     uv_write_t wreq;
-    struct am_buf out, in, plain;
+    struct am_buf out, wbuf, in, plain; /* wbuf: the write in flight */
     struct am_secure sec;
     char addr[AM_SWIM_MAX_ADDR + 1];
     int handles; /* open handles of this stream */
@@ -100,6 +103,7 @@ static void stream_handle_closed(uv_handle_t *h)
             break;
         }
     am_buf_close(&t->out);
+    am_buf_close(&t->wbuf);
     am_buf_close(&t->in);
     am_buf_close(&t->plain);
     if (g->keyed)
@@ -136,20 +140,27 @@ static void stream_on_timeout(uv_timer_t *h)
     stream_end(t, 1);
 }
 
+static void stream_write(struct stream *t);
+
 static void stream_on_write(uv_write_t *req, int status)
 {
     struct stream *t = req->data;
     t->writing = 0;
-    t->out.len = 0;
+    t->wbuf.len = 0;
     if (status < 0)
         stream_end(t, 1);
+    else
+        stream_write(t); /* what was added while this write was in flight */
 }
 
 static void stream_write(struct stream *t)
 {
     if (t->writing || t->out.len == 0 || t->done)
         return;
-    uv_buf_t b = uv_buf_init((char *)t->out.data, (unsigned)t->out.len);
+    struct am_buf tmp = t->wbuf;
+    t->wbuf = t->out;
+    t->out = tmp;
+    uv_buf_t b = uv_buf_init((char *)t->wbuf.data, (unsigned)t->wbuf.len);
     t->wreq.data = t;
     if (uv_write(&t->wreq, (uv_stream_t *)&t->tcp, &b, 1, stream_on_write) == 0)
         t->writing = 1;
@@ -277,6 +288,7 @@ static void stream_open(struct am_gossip *g, const char *addr, const uint8_t *ms
     t->g = g;
     snprintf(t->addr, sizeof t->addr, "%s", addr);
     am_buf_init(&t->out);
+    am_buf_init(&t->wbuf);
     am_buf_init(&t->in);
     am_buf_init(&t->plain);
     struct am_buf plain;
@@ -357,7 +369,7 @@ static void flush(struct am_gossip *g)
             send_packet(g, a);
             break;
         case AM_SWIM_ACT_STREAM:
-            if (g->sync_reply)
+            if (g->sync_reply && strcmp(a->addr, SYNC_PEER) == 0)
                 am_buf_append(g->sync_reply, a->data, a->len);
             else
                 stream_open(g, a->addr, a->data, a->len);
@@ -498,7 +510,7 @@ int am_gossip_sync(struct am_gossip *g, const uint8_t *msg, size_t len, struct a
 {
     g->st.streams_in++;
     g->sync_reply = reply;
-    int rc = am_swim_on_stream(g->core, "0.0.0.0:0", msg, len, uv_now(g->loop));
+    int rc = am_swim_on_stream(g->core, SYNC_PEER, msg, len, uv_now(g->loop));
     flush(g);
     g->sync_reply = NULL;
     return rc;
