@@ -97,8 +97,9 @@ static void exec_child(pid_t parent, char *const *argv, int out, int err)
      * sockets) may stay open in the child. */
     close_range(3, ~0u, 0);
     execv(argv[0], argv);
-    static const char msg[] = "proc: cannot exec " AMESH_BIN "\n";
-    if (write(2, msg, sizeof msg - 1) < 0)
+    static const char msg[] = "proc: cannot exec ";
+    if (write(2, msg, sizeof msg - 1) < 0 || write(2, argv[0], strlen(argv[0])) < 0 ||
+        write(2, "\n", 1) < 0)
         _exit(127);
     _exit(127);
 }
@@ -139,12 +140,29 @@ void proc_node_init(struct proc_node *n, const char *addr, const char *data, con
     snprintf(n->log, sizeof n->log, "%s", log);
 }
 
+void proc_node_set_netns(struct proc_node *n, const char *netns)
+{
+    snprintf(n->netns, sizeof n->netns, "%s", netns ? netns : "");
+}
+
 int proc_node_spawn(struct proc_node *n, const char *const *extra)
 {
     char *argv[MAX_ARGS];
+    char ip[PATH_MAX];
     int argc = 0;
     if (n->pid > 0)
         return -EBUSY;
+    if (n->netns[0]) {
+        /* `ip netns exec NS CMD` enters NS and execs CMD: the pid stays the
+         * node's. */
+        int rc = proc_which("ip", ip, sizeof ip);
+        if (rc)
+            return rc;
+        argv[argc++] = ip;
+        argv[argc++] = (char *)"netns";
+        argv[argc++] = (char *)"exec";
+        argv[argc++] = n->netns;
+    }
     argv[argc++] = (char *)AMESH_BIN;
     argv[argc++] = (char *)"node";
     argv[argc++] = (char *)"--bind";
@@ -162,7 +180,8 @@ int proc_node_spawn(struct proc_node *n, const char *const *extra)
         return -errno;
     /* A line per start makes a log of several runs readable. */
     char head[128];
-    int hl = snprintf(head, sizeof head, "---- proc: starting node %s\n", n->addr);
+    int hl = snprintf(head, sizeof head, "---- proc: starting node %s%s%s\n", n->addr,
+                      n->netns[0] ? " in network namespace " : "", n->netns);
     if (hl > 0 && write(log, head, (size_t)hl) < 0) {
         /* not fatal: the log is for reading after a failure */
     }
@@ -404,19 +423,10 @@ static char *sink_finish(struct sink *s, size_t *len)
     return s->p;
 }
 
-int proc_run(struct proc_result *r, int timeout_ms, const char *const *args)
+/* Runs argv (argv[0] a path) as proc_run describes; the caller zeroed r. */
+static int run_argv(struct proc_result *r, int timeout_ms, char *const *argv)
 {
-    char *argv[MAX_ARGS];
-    int argc = 0;
     int po[2] = {-1, -1}, pe[2] = {-1, -1};
-    memset(r, 0, sizeof *r);
-    argv[argc++] = (char *)AMESH_BIN;
-    for (int i = 0; args[i]; i++) {
-        if (argc == MAX_ARGS - 1)
-            return -E2BIG;
-        argv[argc++] = (char *)args[i];
-    }
-    argv[argc] = NULL;
     if (pipe2(po, O_CLOEXEC) || pipe2(pe, O_CLOEXEC)) {
         int e = errno;
         if (po[0] >= 0) {
@@ -493,6 +503,21 @@ int proc_run(struct proc_result *r, int timeout_ms, const char *const *args)
     return failed;
 }
 
+int proc_run(struct proc_result *r, int timeout_ms, const char *const *args)
+{
+    char *argv[MAX_ARGS];
+    int argc = 0;
+    memset(r, 0, sizeof *r);
+    argv[argc++] = (char *)AMESH_BIN;
+    for (int i = 0; args[i]; i++) {
+        if (argc == MAX_ARGS - 1)
+            return -E2BIG;
+        argv[argc++] = (char *)args[i];
+    }
+    argv[argc] = NULL;
+    return run_argv(r, timeout_ms, argv);
+}
+
 int proc_runl(struct proc_result *r, int timeout_ms, const char *arg0, ...)
 {
     const char *args[MAX_ARGS];
@@ -518,4 +543,74 @@ void proc_result_free(struct proc_result *r)
     free(r->err);
     r->out = r->err = NULL;
     r->out_len = r->err_len = 0;
+}
+
+int proc_which(const char *name, char *out, size_t outlen)
+{
+    static const char fallback[] = "/usr/sbin:/sbin:/usr/bin:/bin";
+    const char *env = getenv("PATH");
+    const char *lists[2] = {env ? env : "", fallback};
+    if (!name[0] || strchr(name, '/'))
+        return -ENOENT;
+    for (int l = 0; l < 2; l++) {
+        for (const char *p = lists[l]; *p;) {
+            size_t len = strcspn(p, ":");
+            /* An empty PATH entry means the current directory: skipped, a
+             * test never runs a tool from there. */
+            if (len > 0) {
+                int k = snprintf(out, outlen, "%.*s/%s", (int)len, p, name);
+                struct stat st;
+                if (k > 0 && (size_t)k < outlen && stat(out, &st) == 0 && S_ISREG(st.st_mode) &&
+                    access(out, X_OK) == 0)
+                    return 0;
+            }
+            p += len;
+            if (*p == ':')
+                p++;
+        }
+    }
+    if (outlen)
+        out[0] = '\0';
+    return -ENOENT;
+}
+
+int proc_exec(struct proc_result *r, int timeout_ms, const char *const *args)
+{
+    char *argv[MAX_ARGS];
+    char path[PATH_MAX];
+    int argc = 0;
+    memset(r, 0, sizeof *r);
+    if (!args[0])
+        return -EINVAL;
+    if (strchr(args[0], '/'))
+        snprintf(path, sizeof path, "%s", args[0]);
+    else if (proc_which(args[0], path, sizeof path))
+        return -ENOENT;
+    argv[argc++] = path;
+    for (int i = 1; args[i]; i++) {
+        if (argc == MAX_ARGS - 1)
+            return -E2BIG;
+        argv[argc++] = (char *)args[i];
+    }
+    argv[argc] = NULL;
+    return run_argv(r, timeout_ms, argv);
+}
+
+int proc_execl(struct proc_result *r, int timeout_ms, const char *arg0, ...)
+{
+    const char *args[MAX_ARGS];
+    int n = 0;
+    va_list ap;
+    va_start(ap, arg0);
+    for (const char *a = arg0; a; a = va_arg(ap, const char *)) {
+        if (n == MAX_ARGS - 1) {
+            va_end(ap);
+            memset(r, 0, sizeof *r);
+            return -E2BIG;
+        }
+        args[n++] = a;
+    }
+    va_end(ap);
+    args[n] = NULL;
+    return proc_exec(r, timeout_ms, args);
 }

@@ -1,7 +1,8 @@
 /* proc.h - real amesh processes for the process tests.
  *
  * A process test starts `amesh node` as a child process on a loopback
- * address, talks to it over TCP or through the `amesh` CLI, and stops it.
+ * address (or, as root, inside a network namespace), talks to it over TCP or
+ * through the `amesh` CLI, and stops it.
  * These helpers own the mechanics: temporary directories, starting a node
  * with its output in a log file, waiting for its port, stopping or killing
  * it with bounded waits, reading its RSS, and running one CLI command with
@@ -49,11 +50,21 @@ struct proc_node {
     char addr[32];      /* HOST:PORT it binds, e.g. "127.0.0.10:7946" */
     char data[PATH_MAX]; /* its --data directory */
     char log[PATH_MAX];  /* stdout and stderr of every run, appended */
+    char netns[32];      /* "" (the test's own namespace) or a network
+                            namespace to run in: proc_node_set_netns */
 };
 
 /* Sets addr, data dir and log path (borrowed strings are copied). Starts
  * nothing. */
 void proc_node_init(struct proc_node *n, const char *addr, const char *data, const char *log);
+
+/* Makes every later start of n run inside the named network namespace (made
+ * by `ip netns add NETNS`): the command becomes `ip netns exec NETNS AMESH_BIN
+ * node ...`. ip execs the node in place (no fork), so n->pid is the node's
+ * own pid, every signal here reaches the node, and PR_SET_PDEATHSIG (kept
+ * across execve) still ties it to the test process. NULL or "" runs it in
+ * the test's namespace again. Root only, and `ip` must exist (proc_which). */
+void proc_node_set_netns(struct proc_node *n, const char *netns);
 
 /* Starts `AMESH_BIN node --bind ADDR --data DATA [extra...]`; extra is a
  * NULL-terminated list (may be NULL). Output is appended to n->log. Does not
@@ -130,6 +141,20 @@ int proc_run(struct proc_result *r, int timeout_ms, const char *const *args);
 int proc_runl(struct proc_result *r, int timeout_ms, const char *arg0, ...);
 
 void proc_result_free(struct proc_result *r);
+
+/* Finds the executable `name` (no slash) in PATH, then in /usr/sbin, /sbin,
+ * /usr/bin and /bin (system tools such as ip and nft live in sbin, which a
+ * test's PATH may lack), and writes its path into out. Returns 0, or -ENOENT
+ * when there is none. */
+int proc_which(const char *name, char *out, size_t outlen);
+
+/* proc_run for any program: argv[0] is the program itself (a path, or a name
+ * looked up with proc_which), e.g. {"ip", "link", "del", "br0", NULL}. Same
+ * capture, timeout and result as proc_run; -ENOENT if argv[0] is not found. */
+int proc_exec(struct proc_result *r, int timeout_ms, const char *const *argv);
+
+/* proc_exec with the arguments given inline, ending with (char *)NULL. */
+int proc_execl(struct proc_result *r, int timeout_ms, const char *arg0, ...);
 
 /* ---- time ------------------------------------------------------------------ */
 
