@@ -201,3 +201,49 @@ redis_bench() {
         exit 1
     fi
 }
+
+# ---- Helpers of bench/membership (usable by any script) ----------------------
+
+# addr_open HOST PORT: true when HOST:PORT accepts TCP connections.
+addr_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# wait_addr PID HOST PORT [TENTHS]: waits up to TENTHS x 0.1 s (100: 10 s)
+# for pid PID to accept connections on HOST:PORT; fails at once if PID ends.
+wait_addr() {
+    local tries=${4:-100}
+    while [ "$tries" -gt 0 ]; do
+        tries=$((tries - 1))
+        addr_open "$2" "$3" && return 0
+        kill -0 "$1" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+# now: sets NOW to the wall clock in microseconds (no fork).
+# shellcheck disable=SC2034 # NOW is read by the caller
+NOW=0
+# shellcheck disable=SC2034
+now() { NOW=${EPOCHREALTIME//[!0-9]/}; }
+
+# us_to_s US [DECIMALS]: microseconds as seconds with DECIMALS (3) decimals,
+# rounded.
+us_to_s() {
+    local d=${2:-3} u=$1 m
+    m=$((10 ** (6 - d)))
+    u=$(((u + m / 2) / m))
+    if [ "$d" -eq 0 ]; then
+        echo "$u"
+    else
+        printf '%d.%0*d\n' $((u / 10 ** d)) "$d" $((u % 10 ** d))
+    fi
+}
+
+# median VALUE...: the median of the arguments that are numbers (others, such
+# as "timeout", are left out); prints nothing when there is none.
+median() {
+    [ $# -gt 0 ] || return 0
+    printf '%s\n' "$@" | awk '/^-?[0-9]+(\.[0-9]+)?$/' | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR == 0) exit
+            if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
