@@ -338,9 +338,8 @@ static void on_event(struct am_gossip *g, const struct am_swim_action *a)
     if (a->event == AM_SWIM_EV_CONFLICT) {
         g->st.conflicts++;
         if (strcmp(a->name, g->name) == 0)
-            am_log_error("the node name '%s' is claimed by another live node at %s; this node "
-                         "keeps it and refutes (start the other node with another --name)",
-                         a->name, a->addr);
+            am_log_error("the node name '%s' is also claimed by a live node at %s", a->name,
+                         a->addr);
         else
             am_log_error("the node name '%s' is claimed at %s while a live member already has "
                          "it; the claim is refused",

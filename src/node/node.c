@@ -115,7 +115,7 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "bad_frames", vs.bad_frames) ||
            pack_kv_u64(pk, "unauthenticated", vs.unauthenticated) ||
            pack_kv_u64(pk, "bytes_in", vs.bytes_in) || pack_kv_u64(pk, "bytes_out", vs.bytes_out) ||
-           am_mp_pack_str(pk, "membership", 10) || msgpack_pack_map(pk, 20) ||
+           am_mp_pack_str(pk, "membership", 10) || msgpack_pack_map(pk, 22) ||
            pack_kv_str(pk, "profile", n->cfg.profile) ||
            pack_kv_u64(pk, "encrypted", (uint64_t)n->keyed) ||
            pack_kv_u64(pk, "members", am_swim_count(core)) || pack_kv_u64(pk, "live", alive) ||
@@ -131,7 +131,9 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "bytes_in", ws.bytes_in) || pack_kv_u64(pk, "bytes_out", ws.bytes_out) ||
            pack_kv_u64(pk, "bad_packets", ws.bad_packets) ||
            pack_kv_u64(pk, "unauthenticated", gs.unauthenticated) ||
+           pack_kv_u64(pk, "send_errors", gs.send_errors) ||
            pack_kv_u64(pk, "push_pulls", gs.streams_out + gs.streams_in) ||
+           pack_kv_u64(pk, "push_pull_errors", gs.stream_errors) ||
            pack_kv_u64(pk, "conflicts", gs.conflicts);
 }
 
