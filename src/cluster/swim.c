@@ -5,7 +5,16 @@
  *  - members: an array, self always at index 0 (self is never reaped, and
  *    removal swaps the last member into the hole, so index 0 never moves),
  *    plus an open-addressing hash index name -> array index (FNV-1a 64,
- *    linear probing, load <= 1/2, rebuilt after a reap);
+ *    linear probing, load <= 1/2, rebuilt after a reap). A 32-bit slot
+ *    holds the index and 15 bits of the hash, so a probe past another name
+ *    almost never reads its member; a member's name and address share one
+ *    allocation (name, NUL, address, NUL) and their lengths are kept, so a
+ *    lookup and the update that follows it (which compares the address)
+ *    touch three cache lines, not four or more, and call no strlen;
+ *  - the suspects: their member indices in an unordered array (member.spos
+ *    is the position), so the next deadline, whether a death is due and the
+ *    overdue suspicions cost O(suspects), not O(members); a count of the
+ *    live members likewise replaces walks of the array;
  *  - the probe order: a shuffled list of member indices walked in order and
  *    reshuffled (and rebuilt from the member array) at the end of each pass
  *    and after a reap; a new member is inserted at a random position;
@@ -36,9 +45,11 @@
  *    push-pull with it; dead members are pinged now and then and seeds we
  *    do not see alive are push-pulled, so partitions heal after a reap.
  *
- * Invariants: nsuspects == number of members in state SUSPECT; a member's
- * bq is NONE or the index of the queue entry whose member is that index;
- * every member except self appears in the probe list at most once.
+ * Invariants: nsuspects == number of members in state SUSPECT, and slist
+ * holds exactly their indices (slist[m.spos] == the member's index); nlive
+ * == number of members alive or suspect, self included; a member's bq is
+ * NONE or the index of the queue entry whose member is that index; every
+ * member except self appears in the probe list at most once.
  *
  * Time comes from the caller and randomness from a splitmix64 generator
  * seeded by config.seed, so a run is a pure function of its inputs. No
@@ -86,16 +97,18 @@
 #define MIN_UPDATE_BYTES 12
 
 struct member {
-    char *name;
-    char *addr;
-    uint64_t hash;
-    enum am_member_state state;
+    char *name; /* owned: name, NUL, addr, NUL in one block */
+    char *addr; /* points into the name's block */
     uint64_t incarnation;
     uint64_t state_change;  /* when state last changed */
-    uint32_t bq;            /* broadcast queue entry or NONE */
     uint64_t susp_deadline; /* while state == SUSPECT */
     struct suspicion *susp; /* while state == SUSPECT; owned; NULL if it could
                                not be allocated (then: min timeout, no confirmations) */
+    enum am_member_state state;
+    uint32_t bq;      /* broadcast queue entry or NONE */
+    uint32_t spos;    /* position in slist while state == SUSPECT */
+    uint8_t name_len; /* strlen(name) <= AM_SWIM_MAX_NAME */
+    uint8_t addr_len; /* strlen(addr) <= AM_SWIM_MAX_ADDR */
 };
 
 /* Kept apart from struct member, which a 1,000-node simulation holds a
@@ -148,10 +161,12 @@ struct am_swim {
 
     struct member *m;
     size_t n, cap;
-    uint32_t *idx; /* member index + 1, 0 = empty */
+    uint32_t *idx; /* slot: see IDX_BITS; 0 = empty */
     size_t idx_cap;
     uint32_t *plist; /* probe order */
     size_t plen, ppos;
+    uint32_t *slist; /* the suspects' member indices, unordered (cap entries) */
+    size_t nlive;    /* members alive or suspect, self included */
 
     struct bcast *bq;
     size_t nbq, bq_cap;
@@ -251,9 +266,15 @@ static uint64_t u64_min(uint64_t a, uint64_t b)
     return a < b ? a : b;
 }
 
-static int str_eq(const char *a, const struct am_swim_str *b)
+/* a (alen bytes) equals b. */
+static int str_eq(const char *a, size_t alen, const struct am_swim_str *b)
 {
-    return strlen(a) == b->len && memcmp(a, b->p, b->len) == 0;
+    return alen == b->len && memcmp(a, b->p, b->len) == 0;
+}
+
+static int is_live(enum am_member_state st)
+{
+    return st == AM_MEMBER_ALIVE || st == AM_MEMBER_SUSPECT;
 }
 
 static int valid_cstr(const char *p, size_t max)
@@ -327,32 +348,74 @@ static void emit_event(struct am_swim *s, enum am_swim_event ev, const char *nam
 static void member_event(struct am_swim *s, enum am_swim_event ev, uint32_t i)
 {
     struct member *m = &s->m[i];
-    emit_event(s, ev, m->name, strlen(m->name), m->addr, strlen(m->addr), m->state, m->incarnation);
+    emit_event(s, ev, m->name, m->name_len, m->addr, m->addr_len, m->state, m->incarnation);
 }
 
 /* ---- the member index ---- */
 
+/* Gives m the name and addr, in one new block (name, NUL, addr, NUL),
+ * freeing its old block. The lengths are those of the strings as C
+ * strings, as strlen would give them. -ENOMEM leaves m unchanged. */
+static int member_set_strings(struct member *m, const char *name, size_t name_len, const char *addr,
+                              size_t addr_len)
+{
+    char *p = am_malloc(name_len + addr_len + 2);
+    if (!p)
+        return -ENOMEM;
+    memcpy(p, name, name_len);
+    p[name_len] = 0;
+    memcpy(p + name_len + 1, addr, addr_len);
+    p[name_len + 1 + addr_len] = 0;
+    am_free(m->name);
+    m->name = p;
+    m->name_len = (uint8_t)strlen(p);
+    m->addr = p + name_len + 1;
+    m->addr_len = (uint8_t)strlen(m->addr);
+    return 0;
+}
+
+/* The member lengths fit their uint8_t fields. */
+_Static_assert(AM_SWIM_MAX_NAME <= UINT8_MAX && AM_SWIM_MAX_ADDR <= UINT8_MAX,
+               "member name and address lengths are kept in 8 bits");
+
+/* An index slot is 32 bits: the member index + 1 in the low IDX_BITS, the
+ * top bits of the name's hash above them, so a probe that passes another
+ * name almost never reads its member. */
+#define IDX_BITS 17
+#define IDX_MASK ((UINT32_C(1) << IDX_BITS) - 1)
+_Static_assert(AM_SWIM_MAX_PP < (1 << IDX_BITS), "a member index + 1 fits IDX_BITS");
+
+static uint32_t idx_tag(uint64_t h)
+{
+    return (uint32_t)(h >> (64 - (32 - IDX_BITS))) << IDX_BITS;
+}
+
 static uint32_t find(const struct am_swim *s, const char *name, size_t len)
 {
     uint64_t h = hash_name(name, len);
+    uint32_t tag = idx_tag(h);
     size_t mask = s->idx_cap - 1;
     for (size_t j = (size_t)h & mask;; j = (j + 1) & mask) {
         uint32_t v = s->idx[j];
         if (v == 0)
             return NONE;
-        const struct member *m = &s->m[v - 1];
-        if (m->hash == h && strlen(m->name) == len && memcmp(m->name, name, len) == 0)
-            return v - 1;
+        if ((v & ~IDX_MASK) != tag)
+            continue;
+        uint32_t i = (v & IDX_MASK) - 1;
+        const struct member *m = &s->m[i];
+        if (m->name_len == len && memcmp(m->name, name, len) == 0)
+            return i;
     }
 }
 
-static void idx_put(uint32_t *idx, size_t cap, uint64_t h, uint32_t i)
+static void idx_put(uint32_t *idx, size_t cap, const struct member *m, uint32_t i)
 {
+    uint64_t h = hash_name(m->name, m->name_len);
     size_t mask = cap - 1;
     size_t j = (size_t)h & mask;
     while (idx[j])
         j = (j + 1) & mask;
-    idx[j] = i + 1;
+    idx[j] = idx_tag(h) | (i + 1);
 }
 
 /* Rebuilds the index for the current members, growing it when needed.
@@ -373,7 +436,7 @@ static int idx_rebuild(struct am_swim *s)
         memset(s->idx, 0, cap * sizeof *s->idx);
     }
     for (size_t i = 0; i < s->n; i++)
-        idx_put(s->idx, s->idx_cap, s->m[i].hash, (uint32_t)i);
+        idx_put(s->idx, s->idx_cap, &s->m[i], (uint32_t)i);
     return 0;
 }
 
@@ -412,6 +475,11 @@ static uint32_t add_member(struct am_swim *s, const char *name, size_t name_len,
         if (!pl)
             return NONE;
         s->plist = pl;
+        /* Room for every member as a suspect, so set_state never allocates. */
+        uint32_t *sl = am_realloc(s->slist, cap * sizeof *sl);
+        if (!sl)
+            return NONE;
+        s->slist = sl;
         s->cap = cap;
     }
     if (2 * (s->n + 1) > s->idx_cap) {
@@ -424,24 +492,25 @@ static uint32_t add_member(struct am_swim *s, const char *name, size_t name_len,
         s->idx = idx;
         s->idx_cap = cap;
         for (size_t i = 0; i < s->n; i++)
-            idx_put(s->idx, s->idx_cap, s->m[i].hash, (uint32_t)i);
+            idx_put(s->idx, s->idx_cap, &s->m[i], (uint32_t)i);
     }
     struct member *m = &s->m[s->n];
     memset(m, 0, sizeof *m);
-    m->name = am_strndup(name, name_len);
-    m->addr = am_strndup(addr, addr_len);
-    if (!m->name || !m->addr) {
-        am_free(m->name);
-        am_free(m->addr);
+    if (member_set_strings(m, name, name_len, addr, addr_len))
         return NONE;
-    }
-    m->hash = hash_name(name, name_len);
     m->state = state;
     m->incarnation = inc;
     m->state_change = now;
     m->bq = NONE;
+    if (is_live(state))
+        s->nlive++;
+    if (state == AM_MEMBER_SUSPECT) {
+        /* Not reached (members arrive alive), but keeps slist exact. */
+        m->spos = (uint32_t)s->nsuspects;
+        s->slist[s->nsuspects++] = (uint32_t)s->n;
+    }
     uint32_t i = (uint32_t)s->n++;
-    idx_put(s->idx, s->idx_cap, m->hash, i);
+    idx_put(s->idx, s->idx_cap, m, i);
     if (i > 0) {
         /* A random place in the probe order, as memberlist does, so a new
          * member is probed within one pass. */
@@ -457,11 +526,7 @@ static uint32_t add_member(struct am_swim *s, const char *name, size_t name_len,
 
 static size_t live_count(const struct am_swim *s)
 {
-    size_t k = 0;
-    for (size_t i = 0; i < s->n; i++)
-        if (s->m[i].state == AM_MEMBER_ALIVE || s->m[i].state == AM_MEMBER_SUSPECT)
-            k++;
-    return k;
+    return s->nlive;
 }
 
 /* ---- the broadcast queue ---- */
@@ -577,14 +642,17 @@ static void update_msg(const struct am_swim *s, uint32_t i, const char *accuser,
         break;
     }
     msg->name.p = m->name;
-    msg->name.len = (uint32_t)strlen(m->name);
+    msg->name.len = m->name_len;
     msg->addr.p = m->addr;
-    msg->addr.len = (uint32_t)strlen(m->addr);
+    msg->addr.len = m->addr_len;
     msg->incarnation = m->incarnation;
-    if (!accuser)
-        accuser = s->m[0].name;
-    msg->from.p = accuser;
-    msg->from.len = (uint32_t)strlen(accuser);
+    if (accuser) {
+        msg->from.p = accuser;
+        msg->from.len = (uint32_t)strlen(accuser);
+    } else {
+        msg->from.p = s->m[0].name;
+        msg->from.len = s->m[0].name_len;
+    }
 }
 
 /* Fills the rest of a packet with queued updates, least-sent first. */
@@ -657,7 +725,7 @@ static void send_packet(struct am_swim *s, const char *addr, const struct am_swi
     struct member *me = self(s);
     if (!a || arena_str(s, addr, strlen(addr), &aoff))
         return;
-    if (am_swim_packet_begin(&w, &s->out, me->name, strlen(me->name), s->cfg.max_packet))
+    if (am_swim_packet_begin(&w, &s->out, me->name, me->name_len, s->cfg.max_packet))
         goto fail;
     for (size_t i = 0; i < nmsgs; i++)
         if (am_swim_packet_add(&w, &msgs[i]))
@@ -695,7 +763,7 @@ static void send_ping(struct am_swim *s, uint32_t i, uint64_t seq, int buddy)
     msg.type = AM_SWIM_MSG_PING;
     msg.seq = seq;
     msg.name.p = m->name;
-    msg.name.len = (uint32_t)strlen(m->name);
+    msg.name.len = m->name_len;
     if (buddy) {
         msg.has_suspicion = 1;
         msg.incarnation = m->incarnation;
@@ -712,14 +780,14 @@ static void send_push_pull(struct am_swim *s, const char *addr, unsigned flags)
     if (!a || arena_str(s, addr, strlen(addr), &aoff))
         return;
     doff = s->out.len;
-    if (am_swim_pp_encode_hdr(&s->out, flags, me->name, strlen(me->name), (uint32_t)s->n))
+    if (am_swim_pp_encode_hdr(&s->out, flags, me->name, me->name_len, (uint32_t)s->n))
         goto fail;
     for (size_t i = 0; i < s->n; i++) {
         struct am_swim_pp_member pm;
         pm.name.p = s->m[i].name;
-        pm.name.len = (uint32_t)strlen(s->m[i].name);
+        pm.name.len = s->m[i].name_len;
         pm.addr.p = s->m[i].addr;
-        pm.addr.len = (uint32_t)strlen(s->m[i].addr);
+        pm.addr.len = s->m[i].addr_len;
         pm.state = s->m[i].state;
         pm.incarnation = s->m[i].incarnation;
         if (am_swim_pp_encode_member(&s->out, &pm))
@@ -838,14 +906,32 @@ static void set_state(struct am_swim *s, uint32_t i, enum am_member_state st, ui
     if (m->state == st)
         return;
     if (m->state == AM_MEMBER_SUSPECT) {
-        s->nsuspects--;
+        /* Out of the suspect list: the last one takes its place. */
+        uint32_t last = s->slist[--s->nsuspects];
+        s->slist[m->spos] = last;
+        s->m[last].spos = m->spos;
         am_free(m->susp);
         m->susp = NULL;
     }
-    if (st == AM_MEMBER_SUSPECT)
-        s->nsuspects++;
+    if (st == AM_MEMBER_SUSPECT) {
+        m->spos = (uint32_t)s->nsuspects;
+        s->slist[s->nsuspects++] = i;
+    }
+    if (is_live(m->state) && !is_live(st))
+        s->nlive--;
+    else if (!is_live(m->state) && is_live(st))
+        s->nlive++;
     m->state = st;
     m->state_change = now;
+}
+
+/* The earliest suspicion deadline, UINT64_MAX with no suspect. */
+static uint64_t suspicion_due(const struct am_swim *s)
+{
+    uint64_t t = UINT64_MAX;
+    for (size_t k = 0; k < s->nsuspects; k++)
+        t = u64_min(t, s->m[s->slist[k]].susp_deadline);
+    return t;
 }
 
 /* ---- applying updates ---- */
@@ -868,7 +954,7 @@ static void on_alive(struct am_swim *s, const struct am_swim_str *name,
         struct member *me = self(s);
         if (s->leaving)
             return;
-        if (!str_eq(me->addr, addr)) {
+        if (!str_eq(me->addr, me->addr_len, addr)) {
             /* Another node claims our name: never apply it. Refute only if
              * its claim is not already below ours, so two claimants do not
              * race their incarnations upward for ever. */
@@ -891,7 +977,7 @@ static void on_alive(struct am_swim *s, const struct am_swim_str *name,
         return;
     }
     struct member *m = &s->m[i];
-    int moved = !str_eq(m->addr, addr);
+    int moved = !str_eq(m->addr, m->addr_len, addr);
     if (moved && (m->state == AM_MEMBER_ALIVE || m->state == AM_MEMBER_SUSPECT)) {
         /* A live name at a second address: keep the first (memberlist
          * does the same whatever the incarnation; accepting a higher one
@@ -902,13 +988,8 @@ static void on_alive(struct am_swim *s, const struct am_swim_str *name,
     }
     if (inc <= m->incarnation)
         return;
-    if (moved) {
-        char *a = am_strndup(addr->p, addr->len);
-        if (!a)
-            return;
-        am_free(m->addr);
-        m->addr = a;
-    }
+    if (moved && member_set_strings(m, m->name, m->name_len, addr->p, addr->len))
+        return;
     enum am_member_state was = m->state;
     m->incarnation = inc;
     set_state(s, i, AM_MEMBER_ALIVE, now);
@@ -1053,7 +1134,7 @@ static void probe_failed(struct am_swim *s, uint64_t now)
     health_add(s, delta);
     struct am_swim_str name = {p->target, (uint32_t)strlen(p->target)};
     struct member *me = self(s);
-    on_suspect(s, &name, p->target_inc, me->name, strlen(me->name), now);
+    on_suspect(s, &name, p->target_inc, me->name, me->name_len, now);
 }
 
 static void send_indirect(struct am_swim *s)
@@ -1070,9 +1151,9 @@ static void send_indirect(struct am_swim *s)
     msg.type = AM_SWIM_MSG_PING_REQ;
     msg.seq = p->seq;
     msg.name.p = s->m[t].name;
-    msg.name.len = (uint32_t)strlen(s->m[t].name);
+    msg.name.len = s->m[t].name_len;
     msg.addr.p = s->m[t].addr;
-    msg.addr.len = (uint32_t)strlen(s->m[t].addr);
+    msg.addr.len = s->m[t].addr_len;
     for (size_t j = 0; j < k; j++) {
         send_packet(s, s->m[helpers[j]].addr, &msg, 1);
         s->st.indirect_probes++;
@@ -1082,10 +1163,7 @@ static void send_indirect(struct am_swim *s)
 
 static int only_dead_peers(const struct am_swim *s)
 {
-    for (size_t i = 1; i < s->n; i++)
-        if (s->m[i].state == AM_MEMBER_ALIVE || s->m[i].state == AM_MEMBER_SUSPECT)
-            return 0;
-    return 1;
+    return s->nlive == (size_t)is_live(s->m[0].state);
 }
 
 static int seed_is_self(const struct am_swim *s, const char *seed)
@@ -1130,7 +1208,7 @@ static void heal_ping(struct am_swim *s, uint64_t now)
     struct heal *h = &s->heals[s->nheals++];
     h->seq = ++s->seq;
     h->deadline = now + s->cfg.probe_interval_ms;
-    memcpy(h->name, s->m[pick].name, strlen(s->m[pick].name) + 1);
+    memcpy(h->name, s->m[pick].name, (size_t)s->m[pick].name_len + 1);
     send_ping(s, pick, h->seq, 1);
 }
 
@@ -1153,18 +1231,19 @@ static void heal_ping(struct am_swim *s, uint64_t now)
 #define SUSPECT_CHECKS 3
 #define CHECKS_PER_ROUND 3
 
+/* The overdue suspect with the earliest deadline, the lowest index among
+ * equal deadlines (as a walk of the member array in order would pick). */
 static uint32_t overdue_suspect(struct am_swim *s, uint64_t now, uint32_t skip)
 {
     uint32_t pick = NONE;
-    if (s->nsuspects == 0)
-        return NONE;
-    for (uint32_t i = 1; i < s->n; i++) {
+    for (size_t k = 0; k < s->nsuspects; k++) {
+        uint32_t i = s->slist[k];
         struct member *m = &s->m[i];
-        if (i == skip || m->state != AM_MEMBER_SUSPECT || !m->susp ||
-            m->susp->checks >= SUSPECT_CHECKS ||
+        if (i == skip || !m->susp || m->susp->checks >= SUSPECT_CHECKS ||
             now < m->susp->start + 2 * s->cfg.probe_interval_ms * (m->susp->checks + 1))
             continue;
-        if (pick == NONE || m->susp_deadline < s->m[pick].susp_deadline)
+        if (pick == NONE || m->susp_deadline < s->m[pick].susp_deadline ||
+            (m->susp_deadline == s->m[pick].susp_deadline && i < pick))
             pick = i;
     }
     return pick;
@@ -1216,7 +1295,7 @@ static void probe_round(struct am_swim *s, uint64_t now)
     memset(p, 0, sizeof *p);
     p->active = 1;
     p->seq = ++s->seq;
-    memcpy(p->target, m->name, strlen(m->name) + 1);
+    memcpy(p->target, m->name, (size_t)m->name_len + 1);
     p->target_inc = m->incarnation;
     p->timeout_at = now + scaled(s, s->cfg.probe_timeout_ms);
     p->end_at = now + scaled(s, s->cfg.probe_interval_ms);
@@ -1247,12 +1326,13 @@ static void reap(struct am_swim *s, uint64_t now)
             bq_remove(s, m->bq);
         am_free(m->susp);
         am_free(m->name);
-        am_free(m->addr);
         s->n--;
         if (i != s->n) {
             s->m[i] = s->m[s->n];
             if (s->m[i].bq != NONE)
                 s->bq[s->m[i].bq].member = (uint32_t)i;
+            if (s->m[i].state == AM_MEMBER_SUSPECT)
+                s->slist[s->m[i].spos] = (uint32_t)i;
         }
         removed = 1;
     }
@@ -1409,7 +1489,6 @@ void am_swim_free(struct am_swim *s)
         return;
     for (size_t i = 0; i < s->n; i++) {
         am_free(s->m[i].name);
-        am_free(s->m[i].addr);
         am_free(s->m[i].susp);
     }
     for (size_t q = 0; q < s->nbq; q++)
@@ -1418,6 +1497,7 @@ void am_swim_free(struct am_swim *s)
     am_free(s->m);
     am_free(s->idx);
     am_free(s->plist);
+    am_free(s->slist);
     am_free(s->bq);
     am_free(s->acts);
     am_free(s->pub);
@@ -1491,7 +1571,7 @@ int am_swim_on_packet(struct am_swim *s, const char *from_addr, const uint8_t *p
         am_swim_msg_decode(&m, &pos, end);
         switch (m.type) {
         case AM_SWIM_MSG_PING:
-            if (!str_eq(self(s)->name, &m.name))
+            if (!str_eq(self(s)->name, self(s)->name_len, &m.name))
                 break; /* meant for a previous owner of this address */
             if (m.has_suspicion && !s->leaving) {
                 /* An old suspicion was refuted already, but the news
@@ -1588,8 +1668,10 @@ int am_swim_on_stream(struct am_swim *s, const char *from_addr, const uint8_t *p
     const uint8_t *pos = p, *end = p + len;
     struct am_swim_pp_hdr h;
     struct member *me = self(s);
+    /* A copy: adding members below may move the member array. */
     char mine[AM_SWIM_MAX_NAME + 1];
-    memcpy(mine, me->name, strlen(me->name) + 1);
+    size_t mine_len = me->name_len;
+    memcpy(mine, me->name, mine_len + 1);
     am_swim_pp_decode_hdr(&h, &pos, end);
     for (uint32_t k = 0; k < h.count; k++) {
         struct am_swim_pp_member pm;
@@ -1603,7 +1685,7 @@ int am_swim_on_stream(struct am_swim *s, const char *from_addr, const uint8_t *p
             /* memberlist's mergeState: a remote death is only a suspicion
              * here (accused by us), so a live member gets its chance to
              * refute; this is what merges two views after a partition. */
-            on_suspect(s, &pm.name, pm.incarnation, mine, strlen(mine), now);
+            on_suspect(s, &pm.name, pm.incarnation, mine, mine_len, now);
             break;
         case AM_MEMBER_LEFT:
             on_dead(s, &pm.name, pm.incarnation, mine, 1, now);
@@ -1645,7 +1727,9 @@ void am_swim_tick(struct am_swim *s, uint64_t now)
     if (s->probe.active && now >= s->probe.end_at)
         probe_failed(s, now);
 
-    if (s->nsuspects) {
+    if (suspicion_due(s) <= now) {
+        /* Rare (a death), so walk the members in index order, the order
+         * the deaths are queued and reported in. */
         struct member *me = self(s);
         for (uint32_t i = 1; i < s->n; i++) {
             struct member *m = &s->m[i];
@@ -1701,11 +1785,7 @@ uint64_t am_swim_next_deadline(const struct am_swim *s)
     }
     for (size_t r = 0; r < s->nrelays; r++)
         t = u64_min(t, s->relays[r].deadline);
-    if (s->nsuspects)
-        for (size_t i = 1; i < s->n; i++)
-            if (s->m[i].state == AM_MEMBER_SUSPECT)
-                t = u64_min(t, s->m[i].susp_deadline);
-    return t;
+    return u64_min(t, suspicion_due(s));
 }
 
 int am_swim_leave(struct am_swim *s, uint64_t now)
@@ -1721,6 +1801,7 @@ int am_swim_leave(struct am_swim *s, uint64_t now)
      * incarnation would lose to a late alive of ours. */
     struct member *me = self(s);
     me->incarnation++;
+    s->nlive -= (size_t)is_live(me->state);
     me->state = AM_MEMBER_LEFT;
     me->state_change = now;
     bq_put(s, 0, NULL);
