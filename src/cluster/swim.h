@@ -18,7 +18,8 @@
  *    probes, and scales the probe interval and timeout; suspicion timeouts
  *    that start at suspicion_max_mult x and shrink toward suspicion_mult x
  *    the base (log10(N) x probe interval) as independent suspicions arrive
- *    (k = suspicion_mult - 2 confirmations); the buddy system (a ping to a
+ *    (k = suspicion_mult - 2 confirmations), and on to (suspicion_mult - 1)
+ *    x the base at 2k confirmations; the buddy system (a ping to a
  *    suspect carries the suspicion, so it can refute at once);
  *  - infection-style dissemination: alive/suspect/dead/left updates
  *    piggybacked on every packet, each retransmitted up to
