@@ -30,7 +30,7 @@ struct option_row {
 
 static const struct option_row rows[] = {
     {"name", K_STR, F(name), 0, "NAME      unique node name (default: the advertise address)"},
-    {"bind", K_ADDR, F(bind), 0, "HOST:PORT address of the client protocol (127.0.0.1:7946)"},
+    {"bind", K_ADDR, F(bind), 0, "HOST:PORT TCP and UDP address: clients, peers, gossip (127.0.0.1:7946)"},
     {"advertise", K_ADDR, F(advertise), 0, "HOST:PORT address peers use (default: --bind)"},
     {"data", K_STR, F(data), 0, "DIR       data directory (./data)"},
     {"sync", K_SYNC, F(sync_interval_ms), 0, "MODE      durable | interval:MS (durable)"},
