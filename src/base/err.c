@@ -1,6 +1,8 @@
 /* err.c - names and wire statuses for error codes (see err.h). */
 #include "err.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 static const char *const status_names[AM_ST__COUNT] = {
@@ -74,6 +76,17 @@ const char *am_status_name(int status)
 
 int am_status_retryable(int status)
 {
-    return status == AM_ST_BUSY || status == AM_ST_OVERLOADED ||
-           status == AM_ST_SHUTTING_DOWN || status == AM_ST_TIMEOUT;
+    return status == AM_ST_BUSY || status == AM_ST_OVERLOADED || status == AM_ST_SHUTTING_DOWN ||
+           status == AM_ST_TIMEOUT;
+}
+
+int am_errf(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
 }

@@ -10,6 +10,8 @@
 #ifndef AM_ERR_H
 #define AM_ERR_H
 
+#include <stddef.h>
+
 /* Wire statuses of a reply (docs/protocol.md, "Statuses"). Never renumber. */
 enum am_status {
     AM_ST_OK = 0,
@@ -45,9 +47,9 @@ enum am_status {
 #define AM_ETIMEOUT AM_E(AM_ST_TIMEOUT)
 
 /* Storage-specific codes, outside the wire range (they become AM_ST_STORAGE). */
-#define AM_ECORRUPT (-(AM_ERR_BASE + 50))  /* a file or record failed its check */
-#define AM_EFOREIGN (-(AM_ERR_BASE + 51))  /* not an amesh data directory */
-#define AM_ENEWER (-(AM_ERR_BASE + 52))    /* data written by a newer format */
+#define AM_ECORRUPT (-(AM_ERR_BASE + 50)) /* a file or record failed its check */
+#define AM_EFOREIGN (-(AM_ERR_BASE + 51)) /* not an amesh data directory */
+#define AM_ENEWER (-(AM_ERR_BASE + 52))   /* data written by a newer format */
 
 /* A short English description of any code (negated errno or project code).
  * Returns a static string. */
@@ -61,5 +63,10 @@ const char *am_status_name(int status);
 
 /* 1 if a caller may retry the same request later and expect it to succeed. */
 int am_status_retryable(int status);
+
+/* Writes a message into err (errlen bytes; err may be NULL when errlen is 0)
+ * and returns code: `return am_errf(err, errlen, -EINVAL, "bad %s", x);`. */
+__attribute__((format(printf, 4, 5))) int am_errf(char *err, size_t errlen, int code,
+                                                  const char *fmt, ...);
 
 #endif

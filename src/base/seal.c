@@ -15,7 +15,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sodium.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -44,18 +43,6 @@ int am_seal_init(void)
 
 /* ---- key files ---- */
 
-__attribute__((format(printf, 4, 5))) static int key_error(char *err, size_t errlen, int code,
-                                                           const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 int am_key_generate(const char *path, char *err, size_t errlen)
 {
     uint8_t key[AM_KEY_BYTES];
@@ -64,9 +51,9 @@ int am_key_generate(const char *path, char *err, size_t errlen)
     if (fd < 0) {
         int e = errno;
         if (e == EEXIST)
-            return key_error(err, errlen, -EEXIST, "key file %s already exists; not overwriting it",
-                             path);
-        return key_error(err, errlen, -e, "cannot create key file %s: %s", path, strerror(e));
+            return am_errf(err, errlen, -EEXIST, "key file %s already exists; not overwriting it",
+                           path);
+        return am_errf(err, errlen, -e, "cannot create key file %s: %s", path, strerror(e));
     }
     randombytes_buf(key, sizeof key);
     sodium_bin2hex(hex, sizeof hex, key, sizeof key);
@@ -88,7 +75,7 @@ int am_key_generate(const char *path, char *err, size_t errlen)
     sodium_memzero(hex, sizeof hex);
     if (e) {
         unlink(path);
-        return key_error(err, errlen, -e, "cannot write key file %s: %s", path, strerror(e));
+        return am_errf(err, errlen, -e, "cannot write key file %s: %s", path, strerror(e));
     }
     return 0;
 }
@@ -103,18 +90,18 @@ int am_key_load(const char *path, uint8_t key[AM_KEY_BYTES], char *err, size_t e
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
-        return key_error(err, errlen, -e, "cannot open key file %s: %s", path, strerror(e));
+        return am_errf(err, errlen, -e, "cannot open key file %s: %s", path, strerror(e));
     }
     struct stat st;
     if (fstat(fd, &st) < 0) {
         int e = errno;
-        rc = key_error(err, errlen, -e, "cannot stat key file %s: %s", path, strerror(e));
+        rc = am_errf(err, errlen, -e, "cannot stat key file %s: %s", path, strerror(e));
     } else if (!S_ISREG(st.st_mode)) {
-        rc = key_error(err, errlen, AM_EPROTO, "key file %s is not a regular file", path);
+        rc = am_errf(err, errlen, AM_EPROTO, "key file %s is not a regular file", path);
     } else if (st.st_mode & 077) {
-        rc = key_error(err, errlen, -EACCES,
-                       "key file %s is readable by others; chmod 600 it (mode is %04o)", path,
-                       (unsigned)(st.st_mode & 07777));
+        rc = am_errf(err, errlen, -EACCES,
+                     "key file %s is readable by others; chmod 600 it (mode is %04o)", path,
+                     (unsigned)(st.st_mode & 07777));
     }
     while (!rc && len < sizeof text) {
         ssize_t k = read(fd, text + len, sizeof text - len);
@@ -124,7 +111,7 @@ int am_key_load(const char *path, uint8_t key[AM_KEY_BYTES], char *err, size_t e
             len += (size_t)k;
         } else if (errno != EINTR) {
             int e = errno;
-            rc = key_error(err, errlen, -e, "cannot read key file %s: %s", path, strerror(e));
+            rc = am_errf(err, errlen, -e, "cannot read key file %s: %s", path, strerror(e));
         }
     }
     close(fd);
@@ -136,10 +123,10 @@ int am_key_load(const char *path, uint8_t key[AM_KEY_BYTES], char *err, size_t e
         if (!isxdigit((unsigned char)text[i]))
             len = 0; /* not a key */
     if (!rc && len != 2 * AM_KEY_BYTES)
-        rc = key_error(err, errlen, AM_EPROTO, "key file %s is not a key: expected %d hex digits",
-                       path, 2 * AM_KEY_BYTES);
+        rc = am_errf(err, errlen, AM_EPROTO, "key file %s is not a key: expected %d hex digits",
+                     path, 2 * AM_KEY_BYTES);
     if (!rc && sodium_hex2bin(key, AM_KEY_BYTES, text, len, NULL, NULL, NULL) != 0)
-        rc = key_error(err, errlen, AM_EPROTO, "key file %s is not a key", path);
+        rc = am_errf(err, errlen, AM_EPROTO, "key file %s is not a key", path);
     sodium_memzero(text, sizeof text);
     return rc;
 }

@@ -57,7 +57,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <lmdb.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
@@ -141,10 +140,10 @@ struct am_store {
 
     /* writer thread only */
     struct am_store_stats wstats;
-    uint64_t fail_gen;                   /* failures so far */
+    uint64_t fail_gen;                    /* failures so far */
     struct failed_key failed[MAX_FAILED]; /* keys whose failure the loop may not have seen */
     unsigned nfailed;
-    int failed_overflow;                 /* more than MAX_FAILED: cancel every key */
+    int failed_overflow; /* more than MAX_FAILED: cancel every key */
     uint64_t overflow_gen;
 
     /* loop thread only, read by the writer under mu */
@@ -192,18 +191,6 @@ static int lmdb_status(int rc)
     if (is_lmdb_code(rc))
         return AM_ESTORAGE;
     return rc > 0 ? -rc : rc;
-}
-
-__attribute__((format(printf, 4, 5))) static int fail(char *err, size_t errlen, int code,
-                                                      const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
 }
 
 /* Writes a printable form of n bytes of p to out (\xNN for the rest). */
@@ -284,14 +271,14 @@ static int check_records(MDB_txn *txn, const char *name, int required, const cha
     if (rc == MDB_NOTFOUND && !required)
         return 0;
     if (rc == MDB_NOTFOUND)
-        return fail(err, errlen, AM_ECORRUPT, "%s: has no '%s' database", file, name);
+        return am_errf(err, errlen, AM_ECORRUPT, "%s: has no '%s' database", file, name);
     if (rc)
-        return fail(err, errlen, AM_ECORRUPT, "%s: '%s' database: %s", file, name,
-                    mdb_strerror(rc));
+        return am_errf(err, errlen, AM_ECORRUPT, "%s: '%s' database: %s", file, name,
+                       mdb_strerror(rc));
     MDB_cursor *cur;
     rc = mdb_cursor_open(txn, dbi, &cur);
     if (rc)
-        return fail(err, errlen, lmdb_status(rc), "%s: %s", file, mdb_strerror(rc));
+        return am_errf(err, errlen, lmdb_status(rc), "%s: %s", file, mdb_strerror(rc));
     MDB_val k, v;
     int ret = 0;
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
@@ -300,12 +287,13 @@ static int check_records(MDB_txn *txn, const char *name, int required, const cha
         if (rec_check(&k, &v, &why)) {
             char key[4 * MAX_KEY + 1];
             printable(key, sizeof key, k.mv_data, k.mv_size);
-            ret = fail(err, errlen, AM_ECORRUPT, "%s: record '%s' %s", file, key, why);
+            ret = am_errf(err, errlen, AM_ECORRUPT, "%s: record '%s' %s", file, key, why);
             break;
         }
     }
     if (!ret && rc != MDB_NOTFOUND)
-        ret = fail(err, errlen, AM_ECORRUPT, "%s: '%s' database: %s", file, name, mdb_strerror(rc));
+        ret = am_errf(err, errlen, AM_ECORRUPT, "%s: '%s' database: %s", file, name,
+                      mdb_strerror(rc));
     mdb_cursor_close(cur);
     return ret;
 }
@@ -318,54 +306,55 @@ static int validate_meta(MDB_txn *txn, const char *file, const char *expect_name
     MDB_dbi meta;
     int rc = mdb_dbi_open(txn, "meta", 0, &meta);
     if (rc == MDB_NOTFOUND || rc == MDB_INCOMPATIBLE)
-        return fail(err, errlen, AM_EFOREIGN, NOT_OURS, file);
+        return am_errf(err, errlen, AM_EFOREIGN, NOT_OURS, file);
     if (rc)
-        return fail(err, errlen, AM_ECORRUPT, "%s: %s", file, mdb_strerror(rc));
+        return am_errf(err, errlen, AM_ECORRUPT, "%s: %s", file, mdb_strerror(rc));
 
     MDB_val k = {7, "program"}, v;
     rc = mdb_get(txn, meta, &k, &v);
     if (rc == MDB_NOTFOUND)
-        return fail(err, errlen, AM_EFOREIGN, NOT_OURS, file);
+        return am_errf(err, errlen, AM_EFOREIGN, NOT_OURS, file);
     if (rc)
-        return fail(err, errlen, AM_ECORRUPT, "%s: %s", file, mdb_strerror(rc));
+        return am_errf(err, errlen, AM_ECORRUPT, "%s: %s", file, mdb_strerror(rc));
     if (v.mv_size != 5 || memcmp(v.mv_data, "amesh", 5) != 0) {
         char prog[64];
         printable(prog, sizeof prog, v.mv_data, v.mv_size < 15 ? v.mv_size : 15);
-        return fail(err, errlen, AM_EFOREIGN, "%s: written by '%s', not by amesh", file, prog);
+        return am_errf(err, errlen, AM_EFOREIGN, "%s: written by '%s', not by amesh", file, prog);
     }
 
     k = (MDB_val){6, "format"};
     rc = mdb_get(txn, meta, &k, &v);
     if (rc && rc != MDB_NOTFOUND)
-        return fail(err, errlen, AM_ECORRUPT, "%s: %s", file, mdb_strerror(rc));
+        return am_errf(err, errlen, AM_ECORRUPT, "%s: %s", file, mdb_strerror(rc));
     if (rc == MDB_NOTFOUND || v.mv_size != 4 || am_be32_get(v.mv_data) == 0)
-        return fail(err, errlen, AM_ECORRUPT, "%s: meta 'format' is missing or malformed", file);
+        return am_errf(err, errlen, AM_ECORRUPT, "%s: meta 'format' is missing or malformed", file);
     uint32_t format = am_be32_get(v.mv_data);
     if (format > AM_STORE_FORMAT)
-        return fail(err, errlen, AM_ENEWER, "%s: format %u is newer than this build supports (%u)",
-                    file, (unsigned)format, (unsigned)AM_STORE_FORMAT);
+        return am_errf(err, errlen, AM_ENEWER,
+                       "%s: format %u is newer than this build supports (%u)", file,
+                       (unsigned)format, (unsigned)AM_STORE_FORMAT);
 
     k = (MDB_val){11, "incarnation"};
     rc = mdb_get(txn, meta, &k, &v);
     if (rc && rc != MDB_NOTFOUND)
-        return fail(err, errlen, AM_ECORRUPT, "%s: %s", file, mdb_strerror(rc));
+        return am_errf(err, errlen, AM_ECORRUPT, "%s: %s", file, mdb_strerror(rc));
     if (rc == 0 && v.mv_size != 8)
-        return fail(err, errlen, AM_ECORRUPT, "%s: meta 'incarnation' is malformed", file);
+        return am_errf(err, errlen, AM_ECORRUPT, "%s: meta 'incarnation' is malformed", file);
 
     /* A data directory is one node's identity: starting another name on it
      * would hand that node's actors and incarnation to a stranger. */
     k = (MDB_val){4, "name"};
     rc = mdb_get(txn, meta, &k, &v);
     if (rc && rc != MDB_NOTFOUND)
-        return fail(err, errlen, AM_ECORRUPT, "%s: %s", file, mdb_strerror(rc));
+        return am_errf(err, errlen, AM_ECORRUPT, "%s: %s", file, mdb_strerror(rc));
     if (rc == 0 && expect_name &&
         (v.mv_size != strlen(expect_name) || memcmp(v.mv_data, expect_name, v.mv_size) != 0)) {
         char was[128];
         printable(was, sizeof was, v.mv_data, v.mv_size < 100 ? v.mv_size : 100);
-        return fail(err, errlen, AM_EFOREIGN,
-                    "%s: belongs to node '%s', not '%s' (start it with --name '%s', or use "
-                    "another data directory)",
-                    file, was, expect_name, was);
+        return am_errf(err, errlen, AM_EFOREIGN,
+                       "%s: belongs to node '%s', not '%s' (start it with --name '%s', or use "
+                       "another data directory)",
+                       file, was, expect_name, was);
     }
     return 0;
 }
@@ -375,31 +364,31 @@ static int validate(const char *dir, const char *file, struct found *f, char *er
 {
     struct stat sb;
     if (stat(file, &sb) != 0)
-        return fail(err, errlen, -errno, "%s: %s", file, strerror(errno));
+        return am_errf(err, errlen, -errno, "%s: %s", file, strerror(errno));
     if (!S_ISREG(sb.st_mode))
-        return fail(err, errlen, AM_EFOREIGN, "%s: not a regular file", file);
+        return am_errf(err, errlen, AM_EFOREIGN, "%s: not a regular file", file);
     /* LMDB would take an empty file for a new one and try to write its meta
      * pages; it needs at least its two meta pages. */
     if (sb.st_size == 0)
-        return fail(err, errlen, AM_ECORRUPT, "%s: truncated: 0 bytes, expected at least %ld", file,
-                    2 * sysconf(_SC_PAGESIZE));
+        return am_errf(err, errlen, AM_ECORRUPT, "%s: truncated: 0 bytes, expected at least %ld",
+                       file, 2 * sysconf(_SC_PAGESIZE));
 
     MDB_env *env;
     int rc = mdb_env_create(&env);
     if (rc)
-        return fail(err, errlen, lmdb_status(rc), "%s: %s", file, mdb_strerror(rc));
+        return am_errf(err, errlen, lmdb_status(rc), "%s: %s", file, mdb_strerror(rc));
     int ret = 0;
     MDB_txn *txn = NULL;
     rc = mdb_env_set_maxdbs(env, 4);
     if (!rc)
         rc = mdb_env_open(env, dir, MDB_RDONLY | MDB_NOLOCK, 0600);
     if (rc == MDB_INVALID) {
-        ret = fail(err, errlen, AM_EFOREIGN, "%s: not an LMDB file", file);
+        ret = am_errf(err, errlen, AM_EFOREIGN, "%s: not an LMDB file", file);
         goto out;
     }
     if (rc) {
-        ret = fail(err, errlen, is_lmdb_code(rc) ? AM_ECORRUPT : -rc, "%s: %s", file,
-                   mdb_strerror(rc));
+        ret = am_errf(err, errlen, is_lmdb_code(rc) ? AM_ECORRUPT : -rc, "%s: %s", file,
+                      mdb_strerror(rc));
         goto out;
     }
 
@@ -410,15 +399,15 @@ static int validate(const char *dir, const char *file, struct found *f, char *er
     mdb_env_stat(env, &st);
     uint64_t need = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
     if ((uint64_t)sb.st_size < need) {
-        ret = fail(err, errlen, AM_ECORRUPT, "%s: truncated: %llu bytes, expected at least %llu",
-                   file, (unsigned long long)sb.st_size, (unsigned long long)need);
+        ret = am_errf(err, errlen, AM_ECORRUPT, "%s: truncated: %llu bytes, expected at least %llu",
+                      file, (unsigned long long)sb.st_size, (unsigned long long)need);
         goto out;
     }
     f->mapsize = info.me_mapsize;
 
     rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
     if (rc) {
-        ret = fail(err, errlen, lmdb_status(rc), "%s: %s", file, mdb_strerror(rc));
+        ret = am_errf(err, errlen, lmdb_status(rc), "%s: %s", file, mdb_strerror(rc));
         goto out;
     }
     ret = validate_meta(txn, file, f->expect_name, err, errlen);
@@ -437,7 +426,7 @@ static int check_dir(const char *dir, int *has_data, char *err, size_t errlen)
 {
     DIR *d = opendir(dir);
     if (!d)
-        return fail(err, errlen, -errno, "%s: %s", dir, strerror(errno));
+        return am_errf(err, errlen, -errno, "%s: %s", dir, strerror(errno));
     int ret = 0;
     struct dirent *e;
     *has_data = 0;
@@ -450,14 +439,14 @@ static int check_dir(const char *dir, int *has_data, char *err, size_t errlen)
         }
         char name[4 * NAME_MAX_LEN + 1];
         printable(name, sizeof name, e->d_name, strlen(e->d_name));
-        ret = fail(err, errlen, AM_EFOREIGN,
-                   "%s: holds '%s', which is not an amesh file; refusing to use this data "
-                   "directory",
-                   dir, name);
+        ret = am_errf(err, errlen, AM_EFOREIGN,
+                      "%s: holds '%s', which is not an amesh file; refusing to use this data "
+                      "directory",
+                      dir, name);
         break;
     }
     if (!ret && errno)
-        ret = fail(err, errlen, -errno, "%s: %s", dir, strerror(errno));
+        ret = am_errf(err, errlen, -errno, "%s: %s", dir, strerror(errno));
     closedir(d);
     return ret;
 }
@@ -572,20 +561,20 @@ int am_store_open(struct am_store **out, uv_loop_t *loop, const struct am_store_
     if (err && errlen)
         err[0] = '\0';
     if (!o || !o->dir || !o->dir[0] || !loop)
-        return fail(err, errlen, -EINVAL, "store: no data directory given");
+        return am_errf(err, errlen, -EINVAL, "store: no data directory given");
     const char *dir = o->dir;
     if (o->node_name && strlen(o->node_name) > NAME_MAX_LEN)
-        return fail(err, errlen, -EINVAL, "store: node name longer than %d bytes", NAME_MAX_LEN);
+        return am_errf(err, errlen, -EINVAL, "store: node name longer than %d bytes", NAME_MAX_LEN);
     char file[4096];
     if ((size_t)snprintf(file, sizeof file, "%s/data.mdb", dir) >= sizeof file)
-        return fail(err, errlen, -ENAMETOOLONG, "%s: path too long", dir);
+        return am_errf(err, errlen, -ENAMETOOLONG, "%s: path too long", dir);
 
     struct stat sb;
     if (stat(dir, &sb) != 0) {
         if (errno != ENOENT || mkdir(dir, 0700) != 0)
-            return fail(err, errlen, -errno, "%s: %s", dir, strerror(errno));
+            return am_errf(err, errlen, -errno, "%s: %s", dir, strerror(errno));
     } else if (!S_ISDIR(sb.st_mode)) {
-        return fail(err, errlen, -ENOTDIR, "%s: not a directory", dir);
+        return am_errf(err, errlen, -ENOTDIR, "%s: not a directory", dir);
     }
 
     /* One process per data directory: an advisory lock on the directory
@@ -593,13 +582,13 @@ int am_store_open(struct am_store **out, uv_loop_t *loop, const struct am_store_
      * another process's half-written state. It creates no file. */
     int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dir_fd < 0)
-        return fail(err, errlen, -errno, "%s: %s", dir, strerror(errno));
+        return am_errf(err, errlen, -errno, "%s: %s", dir, strerror(errno));
     if (flock(dir_fd, LOCK_EX | LOCK_NB) != 0) {
         int e = errno;
         close(dir_fd);
         if (e == EWOULDBLOCK)
-            return fail(err, errlen, -EBUSY, "%s: in use by another amesh process", dir);
-        return fail(err, errlen, -e, "%s: cannot lock: %s", dir, strerror(e));
+            return am_errf(err, errlen, -EBUSY, "%s: in use by another amesh process", dir);
+        return am_errf(err, errlen, -e, "%s: cannot lock: %s", dir, strerror(e));
     }
 
     int has_data = 0;
@@ -615,7 +604,7 @@ int am_store_open(struct am_store **out, uv_loop_t *loop, const struct am_store_
     struct am_store *s = am_calloc(1, sizeof *s);
     if (!s) {
         close(dir_fd);
-        return fail(err, errlen, -ENOMEM, "store: out of memory");
+        return am_errf(err, errlen, -ENOMEM, "store: out of memory");
     }
     s->dir_fd = dir_fd;
     s->loop = loop;
@@ -639,7 +628,7 @@ int am_store_open(struct am_store **out, uv_loop_t *loop, const struct am_store_
         rc = uv_cond_init(&s->cond);
     }
     if (rc) {
-        rc = fail(err, errlen, rc, "store: %s", uv_strerror(rc));
+        rc = am_errf(err, errlen, rc, "store: %s", uv_strerror(rc));
         goto fail_sync;
     }
     have_cond = 1;
@@ -666,14 +655,14 @@ int am_store_open(struct am_store **out, uv_loop_t *loop, const struct am_store_
     if (rc) {
         /* write_meta's map growth already returns a negative status */
         const char *what = rc < 0 && !is_lmdb_code(rc) ? am_strerror(rc) : mdb_strerror(rc);
-        rc = fail(err, errlen, lmdb_status(rc), "%s: %s", file, what);
+        rc = am_errf(err, errlen, lmdb_status(rc), "%s: %s", file, what);
         goto fail_sync;
     }
     s->shared = s->wstats;
 
     rc = uv_thread_create(&s->thread, writer_main, s);
     if (rc) {
-        rc = fail(err, errlen, rc, "store: writer thread: %s", uv_strerror(rc));
+        rc = am_errf(err, errlen, rc, "store: writer thread: %s", uv_strerror(rc));
         goto fail_sync;
     }
     rc = uv_async_init(loop, &s->async, on_async);
@@ -683,7 +672,7 @@ int am_store_open(struct am_store **out, uv_loop_t *loop, const struct am_store_
         uv_cond_signal(&s->cond);
         uv_mutex_unlock(&s->mu);
         uv_thread_join(&s->thread);
-        rc = fail(err, errlen, rc, "store: %s", uv_strerror(rc));
+        rc = am_errf(err, errlen, rc, "store: %s", uv_strerror(rc));
         goto fail_sync;
     }
     s->async.data = s;

@@ -9,6 +9,7 @@
  * are generous for a loaded 2-core machine under ASan. Every node is
  * stopped with SIGTERM at the end of a test and must exit 0. */
 #include "proc.h"
+#include "view.h"
 
 #include "buf.h"
 #include "client.h"
@@ -106,27 +107,11 @@ static void node_stop_ok(int i)
  * sealed with that key. */
 static json_t *query(int i, int kind)
 {
-    struct am_client *c = NULL;
+    uint8_t key[AM_KEY_BYTES];
     char err[1200];
-    if (am_client_open(&c, w.nodes[i].addr, CLIENT_TIMEOUT_MS, err, sizeof err))
-        return NULL;
-    if (w.key_file) {
-        uint8_t key[AM_KEY_BYTES];
+    if (w.key_file)
         cr_assert_eq(am_key_load(w.key_file, key, err, sizeof err), 0, "%s", err);
-        cr_assert_eq(am_client_set_key(c, key), 0);
-    }
-    struct am_buf reply, text;
-    int status = -1;
-    json_t *j = NULL;
-    am_buf_init(&reply);
-    am_buf_init(&text);
-    if (am_client_simple(c, kind, &reply, &status) == 0 && status == AM_ST_OK &&
-        am_msgpack_to_json(reply.data, reply.len, &text) == 0)
-        j = json_loadb((const char *)text.data, text.len, 0, NULL);
-    am_buf_close(&reply);
-    am_buf_close(&text);
-    am_client_close(c);
-    return j;
+    return view_query(w.nodes[i].addr, kind, w.key_file ? key : NULL, CLIENT_TIMEOUT_MS);
 }
 
 /* The entry for name in a MEMBERS reply, or NULL. */

@@ -34,6 +34,7 @@
  * machine would tear down each other's network: a lock file makes the
  * second one fail with a message instead. */
 #include "proc.h"
+#include "view.h"
 
 #include "buf.h"
 #include "client.h"
@@ -305,26 +306,10 @@ static void log_lines(const char *needle, char *out, size_t len)
 
 /* ---- views ----------------------------------------------------------------- */
 
-/* One request with no field (STATUS or MEMBERS) to node i, as JSON; NULL
- * when the node does not answer. */
+/* STATUS or MEMBERS of node i as JSON; NULL when it does not answer. */
 static json_t *query(int i, int kind)
 {
-    struct am_client *c = NULL;
-    char err[1200];
-    if (am_client_open(&c, w.nodes[i].addr, CLIENT_TIMEOUT_MS, err, sizeof err))
-        return NULL;
-    struct am_buf reply, text;
-    int status = -1;
-    json_t *j = NULL;
-    am_buf_init(&reply);
-    am_buf_init(&text);
-    if (am_client_simple(c, kind, &reply, &status) == 0 && status == AM_ST_OK &&
-        am_msgpack_to_json(reply.data, reply.len, &text) == 0)
-        j = json_loadb((const char *)text.data, text.len, 0, NULL);
-    am_buf_close(&reply);
-    am_buf_close(&text);
-    am_client_close(c);
-    return j;
+    return view_query(w.nodes[i].addr, kind, NULL, CLIENT_TIMEOUT_MS);
 }
 
 /* The index of a member entry's node (n1 -> 0), or -1. */

@@ -45,8 +45,11 @@ static void check_reencode(const struct am_request *r)
     struct am_buf out;
     am_buf_init(&out);
     int rc;
-    if (r->kind == AM_MSG_STATUS)
-        rc = am_encode_status(&out, r->id);
+    int simple = r->kind == AM_MSG_STATUS || r->kind == AM_MSG_MEMBERS || r->kind == AM_MSG_LEAVE;
+    if (simple)
+        rc = am_encode_simple(&out, r->kind, r->id);
+    else if (r->kind == AM_MSG_SYNC)
+        rc = am_encode_sync(&out, r->id, r->payload, r->payload_len);
     else
         rc = am_encode_call(&out, r->kind, r->id, r->type, r->type_len, r->actor, r->actor_len,
                             r->action, r->action_len, r->payload, r->payload_len);
@@ -57,7 +60,10 @@ static void check_reencode(const struct am_request *r)
     struct am_request q;
     CHECK(am_request_decode(&q, body, len) == 0);
     CHECK(q.kind == r->kind && q.id == r->id);
-    if (r->kind != AM_MSG_STATUS) {
+    if (r->kind == AM_MSG_SYNC) {
+        CHECK(q.payload_len == r->payload_len);
+        CHECK(memcmp(q.payload, r->payload, r->payload_len) == 0);
+    } else if (!simple) {
         CHECK(same(q.type, q.type_len, r->type, r->type_len));
         CHECK(same(q.actor, q.actor_len, r->actor, r->actor_len));
         CHECK(same(q.action, q.action_len, r->action, r->action_len));
@@ -99,6 +105,13 @@ static void check_request(const uint8_t *body, size_t len)
         CHECK(r.role + r.role_len == (const char *)end);
         break;
     case AM_MSG_STATUS:
+    case AM_MSG_MEMBERS:
+    case AM_MSG_LEAVE:
+        check_reencode(&r);
+        break;
+    case AM_MSG_SYNC:
+        CHECK(inside(r.payload, r.payload_len, body, end));
+        CHECK(r.payload + r.payload_len == end);
         check_reencode(&r);
         break;
     default:
