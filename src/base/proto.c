@@ -72,6 +72,7 @@ int am_request_decode(struct am_request *r, const uint8_t *body, size_t len)
     case AM_MSG_STATUS:
     case AM_MSG_MEMBERS:
     case AM_MSG_LEAVE:
+    case AM_MSG_RING:
         if (n != 2)
             return AM_EPROTO;
         break;

@@ -15,6 +15,7 @@
  *   LEAVE  [5, req_id]                                 leave the cluster, stop
  *   SYNC   [6, req_id, bin]                            push-pull state exchange;
  *                                                      only after HELLO role "member"
+ *   RING   [7, req_id]                                 the placement ring
  *   REPLY  [128, req_id, status, body]                 body: reply object if
  *                                                      status is 0, else an
  *                                                      error message (str)
@@ -40,6 +41,7 @@ enum am_msg_kind {
     AM_MSG_MEMBERS = 4,
     AM_MSG_LEAVE = 5,
     AM_MSG_SYNC = 6,
+    AM_MSG_RING = 7,
     AM_MSG_REPLY = 128,
 };
 
@@ -91,7 +93,7 @@ int am_encode_call(struct am_buf *out, int kind, uint64_t id, const char *type, 
                    const uint8_t *payload, size_t payload_len);
 int am_encode_hello(struct am_buf *out, uint64_t id, const char *role);
 int am_encode_status(struct am_buf *out, uint64_t id);
-/* A message with no field but its id: STATUS, MEMBERS or LEAVE. */
+/* A message with no field but its id: STATUS, MEMBERS, LEAVE or RING. */
 int am_encode_simple(struct am_buf *out, int kind, uint64_t id);
 int am_encode_sync(struct am_buf *out, uint64_t id, const uint8_t *data, size_t len);
 int am_encode_reply(struct am_buf *out, uint64_t id, int status, const uint8_t *body,

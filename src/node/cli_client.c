@@ -92,6 +92,23 @@
     "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"                \
     "  -h, --help        print this help\n"
 
+#define RING_USAGE                                                                                 \
+    "usage: amesh ring [--node HOST:PORT] [--timeout MS] [--key-file FILE] [--json]\n"
+
+#define RING_HELP                                                                                  \
+    RING_USAGE                                                                                     \
+    "\n"                                                                                           \
+    "Prints the placement ring a node built from its view: its version, the\n"                    \
+    "points per member, and each alive or suspect member with its share of the\n"                 \
+    "key space, or with --json {\"version\",\"vnodes\",\"members\":[{\"name\",\"share\"}]}.\n"    \
+    "Nodes with the same view print the same version.\n"                                          \
+    "\n"                                                                                           \
+    "  --node HOST:PORT  the node to ask (default " AM_CLI_DEFAULT_NODE ")\n"                      \
+    "  --timeout MS      give up after MS milliseconds (default 10000)\n"                          \
+    "  --json            print JSON\n"                                                             \
+    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"                \
+    "  -h, --help        print this help\n"
+
 #define LEAVE_USAGE "usage: amesh leave [--node HOST:PORT] [--timeout MS] [--key-file FILE]\n"
 
 #define LEAVE_HELP                                                                                 \
@@ -695,17 +712,98 @@ int am_members_text(const uint8_t *p, size_t len, struct am_buf *out)
     return rc;
 }
 
-/* "status" and "members": ask, then print text or JSON. */
+int am_ring_text(const uint8_t *p, size_t len, struct am_buf *out)
+{
+    const uint8_t *pos = p, *end = p + len;
+    uint32_t n, count = 0;
+    uint64_t vnodes = 0;
+    const char *version = "";
+    uint32_t vlen = 0;
+    const uint8_t *list = NULL;
+    size_t at = out->len;
+    if (!len || am_mp_read_map(&pos, end, &n))
+        return AM_EPROTO;
+    for (uint32_t i = 0; i < n; i++) {
+        const char *k;
+        uint32_t klen;
+        int rc = am_mp_read_str(&pos, end, &k, &klen);
+        if (!rc && klen == 7 && !memcmp(k, "version", 7))
+            rc = am_mp_read_str(&pos, end, &version, &vlen);
+        else if (!rc && klen == 6 && !memcmp(k, "vnodes", 6))
+            rc = am_mp_read_uint(&pos, end, &vnodes);
+        else if (!rc && klen == 7 && !memcmp(k, "members", 7)) {
+            rc = am_mp_read_array(&pos, end, &count);
+            list = pos;
+            for (uint32_t j = 0; !rc && j < count; j++)
+                rc = am_mp_skip(&pos, end);
+        } else if (!rc)
+            rc = am_mp_skip(&pos, end);
+        if (rc)
+            return AM_EPROTO;
+    }
+    if (pos != end || !list)
+        return AM_EPROTO;
+    char line[96];
+    snprintf(line, sizeof line, ", %llu points per member, %u members\n",
+             (unsigned long long)vnodes, count);
+    int rc = am_buf_append(out, "ring ", 5);
+    if (!rc)
+        rc = append_printable(out, version, vlen);
+    if (!rc)
+        rc = am_buf_append(out, line, strlen(line));
+    for (uint32_t j = 0; !rc && j < count; j++) {
+        const char *name = "";
+        uint32_t nlen = 0, m;
+        double share = 0;
+        if (am_mp_read_map(&list, end, &m)) {
+            rc = AM_EPROTO;
+            break;
+        }
+        for (uint32_t i = 0; !rc && i < m; i++) {
+            const char *k;
+            uint32_t klen;
+            rc = am_mp_read_str(&list, end, &k, &klen);
+            if (!rc && klen == 4 && !memcmp(k, "name", 4))
+                rc = am_mp_read_str(&list, end, &name, &nlen);
+            else if (!rc && klen == 5 && !memcmp(k, "share", 5) && list < end &&
+                     *list == 0xcb && end - list >= 9) {
+                uint64_t bits = 0;
+                for (int b = 1; b <= 8; b++)
+                    bits = bits << 8 | list[b];
+                memcpy(&share, &bits, sizeof share);
+                list += 9;
+            } else if (!rc) {
+                rc = am_mp_skip(&list, end);
+            }
+        }
+        if (!rc)
+            rc = append_printable(out, name, nlen);
+        snprintf(line, sizeof line, "%*s%6.2f%%\n", nlen < 24 ? (int)(24 - nlen) : 1, "",
+                 share * 100.0);
+        if (!rc)
+            rc = am_buf_append(out, line, strlen(line));
+    }
+    if (rc)
+        out->len = at;
+    return rc;
+}
+
+/* "status", "members" and "ring": ask, then print text or JSON. */
 static int query(int argc, char **argv, int kind)
 {
     struct am_status_args a;
     char err[512];
-    const char *usage = kind == AM_MSG_STATUS ? STATUS_USAGE : MEMBERS_USAGE;
-    const char *name = kind == AM_MSG_STATUS ? "status" : "members";
+    const char *usage = kind == AM_MSG_STATUS    ? STATUS_USAGE
+                        : kind == AM_MSG_MEMBERS ? MEMBERS_USAGE
+                                                 : RING_USAGE;
+    const char *help = kind == AM_MSG_STATUS    ? STATUS_HELP
+                       : kind == AM_MSG_MEMBERS ? MEMBERS_HELP
+                                                : RING_HELP;
+    const char *name = kind == AM_MSG_STATUS ? "status" : kind == AM_MSG_MEMBERS ? "members" : "ring";
     if (am_status_args_parse(&a, argc, argv, err, sizeof err))
         return usage_error(err, usage, name);
     if (a.help) {
-        fputs(kind == AM_MSG_STATUS ? STATUS_HELP : MEMBERS_HELP, stdout);
+        fputs(help, stdout);
         return AM_EXIT_OK;
     }
     struct am_client *c = connect_node(a.node, a.timeout_ms);
@@ -723,8 +821,9 @@ static int query(int argc, char **argv, int kind)
     } else if (a.json) {
         ex = print_json_reply(&reply);
     } else {
-        rc = kind == AM_MSG_STATUS ? am_status_text(reply.data, reply.len, &text)
-                                   : am_members_text(reply.data, reply.len, &text);
+        rc = kind == AM_MSG_STATUS    ? am_status_text(reply.data, reply.len, &text)
+             : kind == AM_MSG_MEMBERS ? am_members_text(reply.data, reply.len, &text)
+                                      : am_ring_text(reply.data, reply.len, &text);
         if (rc) {
             fprintf(stderr, "amesh: cannot print the %s: %s\n", name, am_strerror(rc));
             ex = AM_EXIT_ERROR;
@@ -750,6 +849,11 @@ int am_cmd_status(int argc, char **argv)
 int am_cmd_members(int argc, char **argv)
 {
     return query(argc, argv, AM_MSG_MEMBERS);
+}
+
+int am_cmd_ring(int argc, char **argv)
+{
+    return query(argc, argv, AM_MSG_RING);
 }
 
 int am_cmd_leave(int argc, char **argv)

@@ -69,4 +69,10 @@ int am_status_text(const uint8_t *p, size_t len, struct am_buf *out);
  * reply of another shape, or -ENOMEM; on error out is left as it was. */
 int am_members_text(const uint8_t *p, size_t len, struct am_buf *out);
 
+/* The text form of a RING reply: a line with the version, the points per
+ * member and the member count, then one line per member with its share of
+ * the key space in percent. Appends to out; on error (AM_EPROTO, -ENOMEM)
+ * out is left as it was. */
+int am_ring_text(const uint8_t *p, size_t len, struct am_buf *out);
+
 #endif

@@ -22,6 +22,7 @@ int am_cmd_call(int argc, char **argv);   /* cli_client.c: "call" and "cast" */
 int am_cmd_status(int argc, char **argv); /* cli_client.c */
 int am_cmd_members(int argc, char **argv); /* cli_client.c */
 int am_cmd_leave(int argc, char **argv);  /* cli_client.c */
+int am_cmd_ring(int argc, char **argv);   /* cli_client.c */
 int am_cmd_keygen(int argc, char **argv); /* cli_client.c */
 int am_cmd_bench(int argc, char **argv);  /* bench.c */
 

@@ -13,6 +13,7 @@ static void usage(FILE *f)
                "  cast     send a message to an actor without waiting for its reply\n"
                "  status   print a node's status\n"
                "  members  print the cluster's members as a node sees them\n"
+               "  ring     print the placement ring a node built from its view\n"
                "  leave    make a node leave the cluster and stop\n"
                "  keygen   write a new cluster key file\n"
                "  bench    measure a node's throughput and latency\n\n"
@@ -34,6 +35,8 @@ int main(int argc, char **argv)
         return am_cmd_status(argc - 1, argv + 1);
     if (strcmp(cmd, "members") == 0)
         return am_cmd_members(argc - 1, argv + 1);
+    if (strcmp(cmd, "ring") == 0)
+        return am_cmd_ring(argc - 1, argv + 1);
     if (strcmp(cmd, "leave") == 0)
         return am_cmd_leave(argc - 1, argv + 1);
     if (strcmp(cmd, "keygen") == 0)

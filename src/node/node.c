@@ -20,6 +20,7 @@
 #include "mp.h"
 #include "proto.h"
 #include "registry.h"
+#include "ring.h"
 #include "runtime.h"
 #include "seal.h"
 #include "store.h"
@@ -41,6 +42,13 @@ struct node {
     struct am_runtime *rt;
     struct am_server *srv;
     struct am_gossip *gossip;
+    /* The placement ring of the current view (alive and suspect members),
+     * rebuilt RING_DELAY_MS after a change, so a burst of member events
+     * costs one build. Not used for routing yet. */
+    struct am_ring *ring;
+    uv_timer_t ring_timer;
+    int ring_timer_open;
+    uint64_t ring_builds;
     uint8_t key[AM_KEY_BYTES];
     int keyed;
     uv_signal_t sigterm, sigint;
@@ -58,6 +66,13 @@ static int pack_kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 static int pack_kv_str(msgpack_packer *pk, const char *k, const char *v)
 {
     return am_mp_pack_str(pk, k, strlen(k)) || am_mp_pack_str(pk, v, strlen(v));
+}
+
+/* The ring's version as 16 hex digits (JSON numbers cannot hold every
+ * uint64 exactly). */
+static void ring_version_hex(const struct node *n, char out[17])
+{
+    snprintf(out, 17, "%016llx", (unsigned long long)(n->ring ? am_ring_version(n->ring) : 0));
 }
 
 static int pack_status(void *arg, msgpack_packer *pk)
@@ -78,6 +93,8 @@ static int pack_status(void *arg, msgpack_packer *pk)
         snprintf(sync, sizeof sync, "durable");
     struct am_swim_stats ws;
     struct am_gossip_stats gs;
+    char ring_hex[17];
+    ring_version_hex(n, ring_hex);
     const struct am_swim *core = am_gossip_core(n->gossip);
     am_swim_get_stats(core, &ws);
     am_gossip_get_stats(n->gossip, &gs);
@@ -87,7 +104,7 @@ static int pack_status(void *arg, msgpack_packer *pk)
         am_swim_member_at(core, i, &m);
         alive += m.state == AM_MEMBER_ALIVE || m.state == AM_MEMBER_SUSPECT;
     }
-    return msgpack_pack_map(pk, 11) || pack_kv_str(pk, "node", n->cfg.name) ||
+    return msgpack_pack_map(pk, 12) || pack_kv_str(pk, "node", n->cfg.name) ||
            pack_kv_str(pk, "version", AM_VERSION_STRING) ||
            pack_kv_u64(pk, "pid", (uint64_t)getpid()) ||
            pack_kv_u64(pk, "uptime_ms", uv_now(&n->loop) - n->started_ms) ||
@@ -134,7 +151,71 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "send_errors", gs.send_errors) ||
            pack_kv_u64(pk, "push_pulls", gs.streams_out + gs.streams_in) ||
            pack_kv_u64(pk, "push_pull_errors", gs.stream_errors) ||
-           pack_kv_u64(pk, "conflicts", gs.conflicts);
+           pack_kv_u64(pk, "conflicts", gs.conflicts) || am_mp_pack_str(pk, "ring", 4) ||
+           msgpack_pack_map(pk, 4) || pack_kv_str(pk, "version", ring_hex) ||
+           pack_kv_u64(pk, "members", n->ring ? am_ring_count(n->ring) : 0) ||
+           pack_kv_u64(pk, "vnodes", AM_RING_VNODES) || pack_kv_u64(pk, "builds", n->ring_builds);
+}
+
+/* A member change reaches the ring this long after it (later changes
+ * within the delay join the same build). */
+#define RING_DELAY_MS 50
+
+/* Builds the ring from the view: every alive or suspect member. */
+static void ring_rebuild(struct node *n)
+{
+    const struct am_swim *core = am_gossip_core(n->gossip);
+    size_t count = am_swim_count(core), live = 0;
+    const char **names = am_malloc((count ? count : 1) * sizeof *names);
+    if (!names) {
+        am_log_warn("out of memory building the ring; keeping the previous one");
+        return;
+    }
+    for (size_t i = 0; i < count; i++) {
+        struct am_swim_member m;
+        am_swim_member_at(core, i, &m);
+        if (m.state == AM_MEMBER_ALIVE || m.state == AM_MEMBER_SUSPECT)
+            names[live++] = m.name;
+    }
+    struct am_ring *r;
+    int rc = am_ring_build(&r, names, live, AM_RING_VNODES);
+    am_free(names);
+    if (rc) {
+        am_log_warn("cannot build the ring: %s; keeping the previous one", am_strerror(rc));
+        return;
+    }
+    am_ring_free(n->ring);
+    n->ring = r;
+    n->ring_builds++;
+    am_log_debug("ring %016llx: %zu members", (unsigned long long)am_ring_version(r), live);
+}
+
+static void on_ring_timer(uv_timer_t *h)
+{
+    ring_rebuild(h->data);
+}
+
+/* RING: {"version", "vnodes", "members": [{"name", "share"}...]}. */
+static int pack_ring(void *arg, msgpack_packer *pk)
+{
+    struct node *n = arg;
+    size_t count = n->ring ? am_ring_count(n->ring) : 0;
+    double *shares = am_malloc((count ? count : 1) * sizeof *shares);
+    if (!shares)
+        return -ENOMEM;
+    if (count)
+        am_ring_shares(n->ring, shares);
+    char version[17];
+    ring_version_hex(n, version);
+    int rc = msgpack_pack_map(pk, 3) || pack_kv_str(pk, "version", version) ||
+             pack_kv_u64(pk, "vnodes", AM_RING_VNODES) || am_mp_pack_str(pk, "members", 7) ||
+             msgpack_pack_array(pk, count);
+    for (size_t i = 0; !rc && i < count; i++)
+        rc = msgpack_pack_map(pk, 2) ||
+             pack_kv_str(pk, "name", am_ring_member(n->ring, (int)i)) ||
+             am_mp_pack_str(pk, "share", 5) || msgpack_pack_double(pk, shares[i]);
+    am_free(shares);
+    return rc;
 }
 
 /* MEMBERS: {"members": [{"name", "addr", "state", "incarnation"}...]}. */
@@ -177,6 +258,10 @@ static void on_server_closed(void *arg)
     n->store = NULL;
     am_gossip_close(n->gossip, NULL, NULL);
     n->gossip = NULL;
+    am_ring_free(n->ring);
+    n->ring = NULL;
+    uv_close((uv_handle_t *)&n->ring_timer, NULL);
+    n->ring_timer_open = 0;
     uv_close((uv_handle_t *)&n->sigterm, NULL);
     uv_close((uv_handle_t *)&n->sigint, NULL);
     am_log_info("stopped");
@@ -220,6 +305,9 @@ static void stop(struct node *n, const char *why)
 static void on_member_event(void *arg, const struct am_swim_action *ev)
 {
     struct node *n = arg;
+    if (ev->event != AM_SWIM_EV_CONFLICT && n->ring_timer_open &&
+        !uv_is_active((uv_handle_t *)&n->ring_timer))
+        uv_timer_start(&n->ring_timer, on_ring_timer, RING_DELAY_MS, 0);
     if (ev->event != AM_SWIM_EV_CONFLICT || strcmp(ev->name, n->cfg.name) != 0 ||
         !n->cfg.njoins || n->stopping || !n->srv || uv_now(&n->loop) - n->started_ms > JOIN_CONFLICT_MS)
         return;
@@ -305,6 +393,10 @@ static int start(struct node *n, char *err, size_t errlen)
     rc = am_gossip_start(&n->gossip, &n->loop, &go, err, errlen);
     if (rc)
         return rc;
+    uv_timer_init(&n->loop, &n->ring_timer);
+    n->ring_timer.data = n;
+    n->ring_timer_open = 1;
+    ring_rebuild(n); /* this node alone until the view grows */
     /* A request frame holds the payload plus names and headers; 4 KiB covers
      * the largest envelope (names of 63, 255 and 63 bytes and a few ints). */
     struct am_server_opts vo = {
@@ -317,6 +409,7 @@ static int start(struct node *n, char *err, size_t errlen)
     struct am_server_hooks hooks = {
         .status = pack_status,
         .members = pack_members,
+        .ring = pack_ring,
         .leave = on_leave_request,
         .sync = sync_members,
         .arg = n,
@@ -340,6 +433,9 @@ static void abort_start(struct node *n)
         am_server_close(n->srv, NULL, NULL);
     if (n->gossip)
         am_gossip_close(n->gossip, NULL, NULL);
+    if (n->ring_timer_open)
+        uv_close((uv_handle_t *)&n->ring_timer, NULL);
+    am_ring_free(n->ring);
     if (n->rt) {
         am_runtime_free(n->rt);
     }

@@ -180,8 +180,9 @@ static void handle_status(struct conn *c, const struct am_request *r)
     msgpack_packer pk;
     am_buf_init(&b);
     am_mp_packer_init(&pk, &b);
-    int (*fn)(void *, msgpack_packer *) =
-        r->kind == AM_MSG_STATUS ? c->srv->hooks.status : c->srv->hooks.members;
+    int (*fn)(void *, msgpack_packer *) = r->kind == AM_MSG_STATUS    ? c->srv->hooks.status
+                                           : r->kind == AM_MSG_MEMBERS ? c->srv->hooks.members
+                                                                       : c->srv->hooks.ring;
     if (!fn) {
         send_error(c, r->id, AM_ST_BAD_REQUEST, "this node runs without membership");
     } else if (fn(c->srv->hooks.arg, &pk) ||
@@ -251,6 +252,7 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
         return;
     case AM_MSG_STATUS:
     case AM_MSG_MEMBERS:
+    case AM_MSG_RING:
         handle_status(c, &r);
         return;
     case AM_MSG_SYNC:

@@ -42,6 +42,7 @@ struct am_server_stats {
 struct am_server_hooks {
     int (*status)(void *arg, msgpack_packer *pk);  /* STATUS: one map */
     int (*members)(void *arg, msgpack_packer *pk); /* MEMBERS: one map; NULL when not clustered */
+    int (*ring)(void *arg, msgpack_packer *pk);    /* RING: one map; NULL when not clustered */
     void (*leave)(void *arg);                      /* LEAVE, after the reply is queued */
     /* SYNC, on "member" connections only: a push-pull message in, the
      * answer appended to reply. 0 or AM_EPROTO. */

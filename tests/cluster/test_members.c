@@ -268,6 +268,71 @@ Test(members, twenty_nodes_converge_and_agree_on_kill_leave_and_restart, .timeou
             node_stop_ok(i);
 }
 
+/* Node i's ring: its version (hex string) into ver and its member count;
+ * the shares must add up to the whole key space. */
+static size_t ring_of(int i, char *ver, size_t verlen)
+{
+    json_t *r = query(i, AM_MSG_RING);
+    cr_assert_not_null(r, "%s does not answer RING", w.names[i]);
+    snprintf(ver, verlen, "%s", json_string_value(json_object_get(r, "version")));
+    json_t *arr = json_object_get(r, "members"), *m;
+    size_t k, n = json_array_size(arr);
+    double sum = 0;
+    json_array_foreach(arr, k, m)
+    {
+        sum += json_real_value(json_object_get(m, "share"));
+    }
+    if (n)
+        cr_assert_float_eq(sum, 1.0, 1e-9, "%s's shares add up to %f", w.names[i], sum);
+    json_decref(r);
+    return n;
+}
+
+/* Polls until every listed node's ring has want members and one version. */
+static void wait_same_ring(const int *nodes, int n, size_t want, char *ver, size_t verlen)
+{
+    int64_t start = proc_now_ms();
+    for (;;) {
+        char first[64] = "", v[64];
+        int same = 1;
+        for (int k = 0; k < n && same; k++) {
+            size_t count = ring_of(nodes[k], v, sizeof v);
+            same = count == want && (k == 0 || strcmp(v, first) == 0);
+            if (k == 0)
+                snprintf(first, sizeof first, "%s", v);
+        }
+        if (same) {
+            snprintf(ver, verlen, "%s", first);
+            return;
+        }
+        cr_assert(proc_now_ms() - start < 30000, "no common ring of %zu members in 30 s", want);
+        proc_sleep_ms(200);
+    }
+}
+
+Test(members, every_node_builds_the_same_ring_from_the_same_view, .timeout = 120)
+{
+    enum { N = 4 };
+    int all[N], rest[N];
+    for (int i = 0; i < N; i++) {
+        node_prepare(i);
+        all[i] = i;
+    }
+    node_start(0, -1, NULL, NULL);
+    for (int i = 1; i < N; i++)
+        node_start(i, 0, NULL, NULL);
+    char v4[64], v3[64];
+    wait_same_ring(all, N, N, v4, sizeof v4);
+    /* A dead member leaves the ring: the survivors agree on a new one. */
+    cr_assert_eq(proc_node_kill9(&w.nodes[3]), 0);
+    int n = all_but(rest, N, 3, -1);
+    wait_same_ring(rest, n, N - 1, v3, sizeof v3);
+    cr_assert_str_neq(v3, v4, "the ring kept its version without n3");
+    cr_log_info("ring of 4: %s; without n3: %s", v4, v3);
+    for (int i = 0; i < n; i++)
+        node_stop_ok(rest[i]);
+}
+
 static void keygen(const char *name, char *path, size_t len)
 {
     snprintf(path, len, "%s/%s", w.dir, name);

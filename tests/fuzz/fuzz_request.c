@@ -45,7 +45,8 @@ static void check_reencode(const struct am_request *r)
     struct am_buf out;
     am_buf_init(&out);
     int rc;
-    int simple = r->kind == AM_MSG_STATUS || r->kind == AM_MSG_MEMBERS || r->kind == AM_MSG_LEAVE;
+    int simple = r->kind == AM_MSG_STATUS || r->kind == AM_MSG_MEMBERS ||
+                 r->kind == AM_MSG_LEAVE || r->kind == AM_MSG_RING;
     if (simple)
         rc = am_encode_simple(&out, r->kind, r->id);
     else if (r->kind == AM_MSG_SYNC)
@@ -107,6 +108,7 @@ static void check_request(const uint8_t *body, size_t len)
     case AM_MSG_STATUS:
     case AM_MSG_MEMBERS:
     case AM_MSG_LEAVE:
+    case AM_MSG_RING:
         check_reencode(&r);
         break;
     case AM_MSG_SYNC:

@@ -213,8 +213,8 @@ Test(proto, round_trips_members_leave_and_sync)
     struct am_buf out;
     size_t len;
     struct am_request r;
-    static const int kinds[] = {AM_MSG_MEMBERS, AM_MSG_LEAVE};
-    for (int k = 0; k < 2; k++) {
+    static const int kinds[] = {AM_MSG_MEMBERS, AM_MSG_LEAVE, AM_MSG_RING};
+    for (int k = 0; k < 3; k++) {
         am_buf_init(&out);
         cr_assert_eq(am_encode_simple(&out, kinds[k], 9), 0);
         const uint8_t *body = one_frame(&out, &len);
@@ -608,7 +608,7 @@ Test(proto, refuses_a_kind_or_id_that_is_not_an_unsigned_integer)
 
 Test(proto, refuses_unknown_kinds_with_their_id)
 {
-    static const uint64_t kinds[] = {7, 8, 127, AM_MSG_REPLY, 255, 256, UINT32_MAX, UINT64_MAX};
+    static const uint64_t kinds[] = {8, 9, 127, AM_MSG_REPLY, 255, 256, UINT32_MAX, UINT64_MAX};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         struct msg m;
         msg_init(&m);
@@ -928,6 +928,7 @@ static int check_request(const uint8_t *in, size_t n)
     case AM_MSG_STATUS:
     case AM_MSG_MEMBERS:
     case AM_MSG_LEAVE:
+    case AM_MSG_RING:
         break;
     case AM_MSG_SYNC:
         INSIDE(r.payload, r.payload_len);

@@ -442,6 +442,48 @@ Test(members_text, prints_a_header_and_one_aligned_line_per_member)
     am_buf_close(&out);
 }
 
+Test(ring_text, prints_the_version_and_one_share_per_member)
+{
+    struct am_buf in, out;
+    msgpack_packer pk;
+    am_buf_init(&in);
+    am_buf_init(&out);
+    am_mp_packer_init(&pk, &in);
+    msgpack_pack_map(&pk, 3);
+    am_mp_pack_str(&pk, "version", 7);
+    am_mp_pack_str(&pk, "00ff00ff00ff00ff", 16);
+    am_mp_pack_str(&pk, "vnodes", 6);
+    msgpack_pack_uint64(&pk, 2048);
+    am_mp_pack_str(&pk, "members", 7);
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_map(&pk, 2);
+    am_mp_pack_str(&pk, "name", 4);
+    am_mp_pack_str(&pk, "n1", 2);
+    am_mp_pack_str(&pk, "share", 5);
+    msgpack_pack_double(&pk, 0.25);
+    msgpack_pack_map(&pk, 2);
+    am_mp_pack_str(&pk, "name", 4);
+    am_mp_pack_str(&pk, "127.0.0.2:7946", 14);
+    am_mp_pack_str(&pk, "share", 5);
+    msgpack_pack_double(&pk, 0.75);
+    cr_assert_eq(am_ring_text(in.data, in.len, &out), 0);
+    cr_assert_eq(am_buf_append(&out, "", 1), 0);
+    cr_assert_str_eq((const char *)out.data,
+                     "ring 00ff00ff00ff00ff, 2048 points per member, 2 members\n"
+                     "n1                       25.00%\n"
+                     "127.0.0.2:7946           75.00%\n");
+    out.len = 0;
+    cr_assert_eq(am_ring_text(in.data, in.len - 4, &out), AM_EPROTO);
+    static const uint8_t members[] = {0x81, 0xa7, 'm', 'e', 'm', 'b', 'e', 'r', 's', 0x90};
+    cr_assert_eq(am_ring_text(members, sizeof members, &out), 0, "an empty ring is a ring");
+    out.len = 0;
+    static const uint8_t other[] = {0x81, 0xa4, 'n', 'o', 'd', 'e', 0xa2, 'n', '1'};
+    cr_assert_eq(am_ring_text(other, sizeof other, &out), AM_EPROTO);
+    cr_assert_eq(out.len, 0);
+    am_buf_close(&in);
+    am_buf_close(&out);
+}
+
 /* ---- whole commands against a fake node --------------------------------------- */
 
 static void redirect_all(void)
