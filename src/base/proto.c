@@ -10,8 +10,7 @@
 #include <errno.h>
 #include <string.h>
 
-long am_frame_next(const uint8_t *p, size_t len, size_t max, const uint8_t **body,
-                   size_t *body_len)
+long am_frame_next(const uint8_t *p, size_t len, size_t max, const uint8_t **body, size_t *body_len)
 {
     if (len < AM_FRAME_HEADER)
         return 0;

@@ -296,7 +296,8 @@ static void stream_open(struct am_gossip *g, const char *addr, const uint8_t *ms
     int rc = am_encode_hello(&plain, 1, "member") || am_encode_sync(&plain, 2, msg, len);
     if (!rc && g->keyed) {
         am_secure_init(&t->sec, g->key, 1);
-        rc = am_secure_start(&t->sec, &t->out) || am_secure_out(&t->sec, plain.data, plain.len, &t->out);
+        rc = am_secure_start(&t->sec, &t->out) ||
+             am_secure_out(&t->sec, plain.data, plain.len, &t->out);
     } else if (!rc) {
         rc = am_buf_append(&t->out, plain.data, plain.len);
     }
@@ -400,8 +401,8 @@ static void on_udp_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init((char *)g->rbuf, sizeof g->rbuf);
 }
 
-static void on_udp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const struct sockaddr *from,
-                        unsigned flags)
+static void on_udp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
+                        const struct sockaddr *from, unsigned flags)
 {
     struct am_gossip *g = h->data;
     if (nread <= 0 || !from || from->sa_family != AF_INET || g->closing)

@@ -228,10 +228,9 @@ int am_bench_parse(struct am_bench_opts *o, int argc, char **argv, char *err, si
 
         int is_switch = strcmp(flag, "--json") == 0 || strcmp(flag, "--verify") == 0;
         static const char *const valued[] = {
-            "--node",     "--type",     "--action",   "--actors", "--connections",
-            "--pipeline", "--duration", "--requests", "--warmup", "--payload",
-            "--skew",     "--seed",     "--timeout",  "--series", "--cdf",
-            "--key-file",
+            "--node",     "--type",     "--action", "--actors",   "--connections", "--pipeline",
+            "--duration", "--requests", "--warmup", "--payload",  "--skew",        "--seed",
+            "--timeout",  "--series",   "--cdf",    "--key-file",
         };
         int known = is_switch;
         for (size_t k = 0; !known && k < sizeof valued / sizeof *valued; k++)
@@ -389,7 +388,7 @@ struct conn {
     struct am_buf raw, sealed;
     struct am_secure sec;
     int sec_on;
-    int authentic; /* a sealed record from the node was opened */
+    int authentic;      /* a sealed record from the node was opened */
     struct slot *slots; /* P, borrowed from b->slots */
     uint32_t *free;     /* stack of free slot indexes, borrowed from b->free */
     uint32_t nfree;

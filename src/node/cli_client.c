@@ -32,15 +32,17 @@
 #include "seal.h"
 
 #include <errno.h>
-#include <sodium.h>
 #include <limits.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define CALL_USAGE                                                                                 \
-    "usage: amesh call [--node HOST:PORT] [--timeout MS] [--key-file FILE] TYPE ID ACTION [JSON]\n" \
-    "       amesh cast [--node HOST:PORT] [--timeout MS] [--key-file FILE] TYPE ID ACTION [JSON]\n"
+    "usage: amesh call [--node HOST:PORT] [--timeout MS] [--key-file FILE] TYPE ID ACTION "        \
+    "[JSON]\n"                                                                                     \
+    "       amesh cast [--node HOST:PORT] [--timeout MS] [--key-file FILE] TYPE ID ACTION "        \
+    "[JSON]\n"
 
 #define CALL_HELP                                                                                  \
     CALL_USAGE                                                                                     \
@@ -50,7 +52,7 @@
     "\n"                                                                                           \
     "  --node HOST:PORT  the node to ask (default " AM_CLI_DEFAULT_NODE ")\n"                      \
     "  --timeout MS      give up after MS milliseconds (default 10000)\n"                          \
-    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"                \
+    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"             \
     "  -h, --help        print this help\n"                                                        \
     "\n"                                                                                           \
     "JSON is any JSON value; without it the payload is null. \"-\" reads it from\n"                \
@@ -73,7 +75,7 @@
     "  --node HOST:PORT  the node to ask (default " AM_CLI_DEFAULT_NODE ")\n"                      \
     "  --timeout MS      give up after MS milliseconds (default 10000)\n"                          \
     "  --json            print JSON\n"                                                             \
-    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"                \
+    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"             \
     "  -h, --help        print this help\n"
 
 #define MEMBERS_USAGE                                                                              \
@@ -84,12 +86,12 @@
     "\n"                                                                                           \
     "Prints the cluster's members as one node sees them: name, address, state\n"                   \
     "(alive, suspect, dead, left) and incarnation, one per line, or with --json\n"                 \
-    "{\"members\":[{\"name\",\"addr\",\"state\",\"incarnation\"}...]}.\n"                            \
+    "{\"members\":[{\"name\",\"addr\",\"state\",\"incarnation\"}...]}.\n"                          \
     "\n"                                                                                           \
     "  --node HOST:PORT  the node to ask (default " AM_CLI_DEFAULT_NODE ")\n"                      \
     "  --timeout MS      give up after MS milliseconds (default 10000)\n"                          \
     "  --json            print JSON\n"                                                             \
-    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"                \
+    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"             \
     "  -h, --help        print this help\n"
 
 #define RING_USAGE                                                                                 \
@@ -98,15 +100,15 @@
 #define RING_HELP                                                                                  \
     RING_USAGE                                                                                     \
     "\n"                                                                                           \
-    "Prints the placement ring a node built from its view: its version, the\n"                    \
-    "points per member, and each alive or suspect member with its share of the\n"                 \
-    "key space, or with --json {\"version\",\"vnodes\",\"members\":[{\"name\",\"share\"}]}.\n"    \
-    "Nodes with the same view print the same version.\n"                                          \
+    "Prints the placement ring a node built from its view: its version, the\n"                     \
+    "points per member, and each alive or suspect member with its share of the\n"                  \
+    "key space, or with --json {\"version\",\"vnodes\",\"members\":[{\"name\",\"share\"}]}.\n"     \
+    "Nodes with the same view print the same version.\n"                                           \
     "\n"                                                                                           \
     "  --node HOST:PORT  the node to ask (default " AM_CLI_DEFAULT_NODE ")\n"                      \
     "  --timeout MS      give up after MS milliseconds (default 10000)\n"                          \
     "  --json            print JSON\n"                                                             \
-    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"                \
+    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"             \
     "  -h, --help        print this help\n"
 
 #define LEAVE_USAGE "usage: amesh leave [--node HOST:PORT] [--timeout MS] [--key-file FILE]\n"
@@ -115,12 +117,12 @@
     LEAVE_USAGE                                                                                    \
     "\n"                                                                                           \
     "Asks a node to leave the cluster and stop, as SIGTERM does: its `left`\n"                     \
-    "state spreads to every member, it finishes what is in flight, writes\n"                      \
-    "every actor's state and exits 0. Returns once the node accepted.\n"                          \
+    "state spreads to every member, it finishes what is in flight, writes\n"                       \
+    "every actor's state and exits 0. Returns once the node accepted.\n"                           \
     "\n"                                                                                           \
     "  --node HOST:PORT  the node to stop (default " AM_CLI_DEFAULT_NODE ")\n"                     \
     "  --timeout MS      give up after MS milliseconds (default 10000)\n"                          \
-    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"                \
+    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"             \
     "  -h, --help        print this help\n"
 
 #define KEYGEN_USAGE "usage: amesh keygen FILE\n"
@@ -129,7 +131,7 @@
     KEYGEN_USAGE                                                                                   \
     "\n"                                                                                           \
     "Writes a new random 32-byte cluster key to FILE (64 hex digits, mode 0600;\n"                 \
-    "an existing FILE is never overwritten). Give the same file to every node\n"                  \
+    "an existing FILE is never overwritten). Give the same file to every node\n"                   \
     "(amesh node --key-file FILE) and every client (--key-file or AMESH_KEY_FILE).\n"
 
 /* ---- arguments ------------------------------------------------------------ */
@@ -539,8 +541,9 @@ static int report_failure(int rc, const char *node, int timeout_ms)
         return AM_EXIT_ERROR;
     }
     if (rc == -ECONNRESET && !cli_key_file) {
-        fprintf(stderr, "amesh: connection to %s lost: %s (a node started with --key-file closes "
-                        "connections without its key)\n",
+        fprintf(stderr,
+                "amesh: connection to %s lost: %s (a node started with --key-file closes "
+                "connections without its key)\n",
                 node, am_strerror(rc));
         return AM_EXIT_TEMPFAIL;
     }
@@ -697,7 +700,8 @@ int am_members_text(const uint8_t *p, size_t len, struct am_buf *out)
     uint32_t n, count;
     const char *k;
     uint32_t klen;
-    static const char head[] = "NAME                     ADDR                   STATE    INCARNATION\n";
+    static const char head[] =
+        "NAME                     ADDR                   STATE    INCARNATION\n";
     if (!len || am_mp_read_map(&pos, end, &n) || n != 1 || am_mp_read_str(&pos, end, &k, &klen) ||
         klen != 7 || memcmp(k, "members", 7) || am_mp_read_array(&pos, end, &count))
         return AM_EPROTO;
@@ -765,8 +769,8 @@ int am_ring_text(const uint8_t *p, size_t len, struct am_buf *out)
             rc = am_mp_read_str(&list, end, &k, &klen);
             if (!rc && klen == 4 && !memcmp(k, "name", 4))
                 rc = am_mp_read_str(&list, end, &name, &nlen);
-            else if (!rc && klen == 5 && !memcmp(k, "share", 5) && list < end &&
-                     *list == 0xcb && end - list >= 9) {
+            else if (!rc && klen == 5 && !memcmp(k, "share", 5) && list < end && *list == 0xcb &&
+                     end - list >= 9) {
                 uint64_t bits = 0;
                 for (int b = 1; b <= 8; b++)
                     bits = bits << 8 | list[b];
@@ -799,7 +803,9 @@ static int query(int argc, char **argv, int kind)
     const char *help = kind == AM_MSG_STATUS    ? STATUS_HELP
                        : kind == AM_MSG_MEMBERS ? MEMBERS_HELP
                                                 : RING_HELP;
-    const char *name = kind == AM_MSG_STATUS ? "status" : kind == AM_MSG_MEMBERS ? "members" : "ring";
+    const char *name = kind == AM_MSG_STATUS    ? "status"
+                       : kind == AM_MSG_MEMBERS ? "members"
+                                                : "ring";
     if (am_status_args_parse(&a, argc, argv, err, sizeof err))
         return usage_error(err, usage, name);
     if (a.help) {

@@ -54,7 +54,7 @@ struct node {
     uv_signal_t sigterm, sigint;
     uint64_t started_ms;
     int stopping;
-    int refused; /* stopped because another live node holds our name */
+    int refused;   /* stopped because another live node holds our name */
     uint64_t lost; /* unsaved states given up at shutdown */
 };
 
@@ -109,24 +109,21 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "pid", (uint64_t)getpid()) ||
            pack_kv_u64(pk, "uptime_ms", uv_now(&n->loop) - n->started_ms) ||
            pack_kv_str(pk, "sync", sync) || pack_kv_u64(pk, "incarnation", meta.incarnation) ||
-           pack_kv_str(pk, "data", n->cfg.data) ||
-           am_mp_pack_str(pk, "actors", 6) || msgpack_pack_map(pk, 12) ||
-           pack_kv_u64(pk, "active", rs.active) ||
+           pack_kv_str(pk, "data", n->cfg.data) || am_mp_pack_str(pk, "actors", 6) ||
+           msgpack_pack_map(pk, 12) || pack_kv_u64(pk, "active", rs.active) ||
            pack_kv_u64(pk, "activations", rs.activations) ||
            pack_kv_u64(pk, "deactivations", rs.deactivations) ||
            pack_kv_u64(pk, "calls", rs.calls) || pack_kv_u64(pk, "casts", rs.casts) ||
            pack_kv_u64(pk, "ok", rs.ok) || pack_kv_u64(pk, "errors", rs.errors) ||
-           pack_kv_u64(pk, "refused", rs.refused) ||
-           pack_kv_u64(pk, "snapshots", rs.snapshots) ||
+           pack_kv_u64(pk, "refused", rs.refused) || pack_kv_u64(pk, "snapshots", rs.snapshots) ||
            pack_kv_u64(pk, "write_errors", rs.write_errors) ||
            pack_kv_u64(pk, "waiting", rs.waiting) || pack_kv_u64(pk, "lost", rs.lost) ||
            am_mp_pack_str(pk, "store", 5) || msgpack_pack_map(pk, 7) ||
            pack_kv_u64(pk, "records", ss.records) || pack_kv_u64(pk, "writes", ss.writes) ||
            pack_kv_u64(pk, "commits", ss.commits) || pack_kv_u64(pk, "max_batch", ss.max_batch) ||
            pack_kv_u64(pk, "failed", ss.failed) || pack_kv_u64(pk, "map_size", ss.map_size) ||
-           pack_kv_u64(pk, "map_grows", ss.map_grows) ||
-           am_mp_pack_str(pk, "clients", 7) || msgpack_pack_map(pk, 8) ||
-           pack_kv_u64(pk, "connections", vs.connections) ||
+           pack_kv_u64(pk, "map_grows", ss.map_grows) || am_mp_pack_str(pk, "clients", 7) ||
+           msgpack_pack_map(pk, 8) || pack_kv_u64(pk, "connections", vs.connections) ||
            pack_kv_u64(pk, "accepted", vs.accepted) || pack_kv_u64(pk, "rejected", vs.rejected) ||
            pack_kv_u64(pk, "requests", vs.requests) ||
            pack_kv_u64(pk, "bad_frames", vs.bad_frames) ||
@@ -142,8 +139,7 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "suspicions", ws.suspicions) ||
            pack_kv_u64(pk, "refutations", ws.refutations) ||
            pack_kv_u64(pk, "deaths_declared", ws.deaths_declared) ||
-           pack_kv_u64(pk, "health", ws.health) ||
-           pack_kv_u64(pk, "packets_in", ws.packets_in) ||
+           pack_kv_u64(pk, "health", ws.health) || pack_kv_u64(pk, "packets_in", ws.packets_in) ||
            pack_kv_u64(pk, "packets_out", ws.packets_out) ||
            pack_kv_u64(pk, "bytes_in", ws.bytes_in) || pack_kv_u64(pk, "bytes_out", ws.bytes_out) ||
            pack_kv_u64(pk, "bad_packets", ws.bad_packets) ||
@@ -211,8 +207,7 @@ static int pack_ring(void *arg, msgpack_packer *pk)
              pack_kv_u64(pk, "vnodes", AM_RING_VNODES) || am_mp_pack_str(pk, "members", 7) ||
              msgpack_pack_array(pk, count);
     for (size_t i = 0; !rc && i < count; i++)
-        rc = msgpack_pack_map(pk, 2) ||
-             pack_kv_str(pk, "name", am_ring_member(n->ring, (int)i)) ||
+        rc = msgpack_pack_map(pk, 2) || pack_kv_str(pk, "name", am_ring_member(n->ring, (int)i)) ||
              am_mp_pack_str(pk, "share", 5) || msgpack_pack_double(pk, shares[i]);
     am_free(shares);
     return rc;
@@ -308,8 +303,8 @@ static void on_member_event(void *arg, const struct am_swim_action *ev)
     if (ev->event != AM_SWIM_EV_CONFLICT && n->ring_timer_open &&
         !uv_is_active((uv_handle_t *)&n->ring_timer))
         uv_timer_start(&n->ring_timer, on_ring_timer, RING_DELAY_MS, 0);
-    if (ev->event != AM_SWIM_EV_CONFLICT || strcmp(ev->name, n->cfg.name) != 0 ||
-        !n->cfg.njoins || n->stopping || !n->srv || uv_now(&n->loop) - n->started_ms > JOIN_CONFLICT_MS)
+    if (ev->event != AM_SWIM_EV_CONFLICT || strcmp(ev->name, n->cfg.name) != 0 || !n->cfg.njoins ||
+        n->stopping || !n->srv || uv_now(&n->loop) - n->started_ms > JOIN_CONFLICT_MS)
         return;
     am_log_error("the name '%s' is held by a live member at %s: this node (%s) refuses to run "
                  "with it; start it with another --name",
@@ -470,12 +465,11 @@ int am_cmd_node(int argc, char **argv)
     }
     struct am_store_meta meta;
     am_store_get_meta(n.store, &meta);
-    am_log_info("listening on %s (TCP and UDP, client protocol %d), data %s, sync %s, "
-                "incarnation %llu, profile %s%s",
-                n.cfg.bind, AM_PROTO_VERSION, n.cfg.data,
-                n.cfg.sync_interval_ms ? "interval" : "durable",
-                (unsigned long long)meta.incarnation, n.cfg.profile,
-                n.keyed ? ", cluster key on" : "");
+    am_log_info(
+        "listening on %s (TCP and UDP, client protocol %d), data %s, sync %s, "
+        "incarnation %llu, profile %s%s",
+        n.cfg.bind, AM_PROTO_VERSION, n.cfg.data, n.cfg.sync_interval_ms ? "interval" : "durable",
+        (unsigned long long)meta.incarnation, n.cfg.profile, n.keyed ? ", cluster key on" : "");
     if (n.cfg.njoins)
         am_log_info("joining through %d seed%s, first %s", n.cfg.njoins,
                     n.cfg.njoins > 1 ? "s" : "", n.cfg.joins[0]);
@@ -484,8 +478,9 @@ int am_cmd_node(int argc, char **argv)
     am_registry_free(n.reg);
     sodium_memzero(n.key, sizeof n.key);
     if (n.refused) {
-        fprintf(stderr, "amesh node: the name '%s' is in use by another live node; start this "
-                        "one with another --name\n",
+        fprintf(stderr,
+                "amesh node: the name '%s' is in use by another live node; start this "
+                "one with another --name\n",
                 n.cfg.name);
         return AM_EXIT_ERROR;
     }

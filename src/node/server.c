@@ -181,8 +181,8 @@ static void handle_status(struct conn *c, const struct am_request *r)
     am_buf_init(&b);
     am_mp_packer_init(&pk, &b);
     int (*fn)(void *, msgpack_packer *) = r->kind == AM_MSG_STATUS    ? c->srv->hooks.status
-                                           : r->kind == AM_MSG_MEMBERS ? c->srv->hooks.members
-                                                                       : c->srv->hooks.ring;
+                                          : r->kind == AM_MSG_MEMBERS ? c->srv->hooks.members
+                                                                      : c->srv->hooks.ring;
     if (!fn) {
         send_error(c, r->id, AM_ST_BAD_REQUEST, "this node runs without membership");
     } else if (fn(c->srv->hooks.arg, &pk) ||

@@ -259,7 +259,8 @@ Test(members, twenty_nodes_converge_and_agree_on_kill_leave_and_restart, .timeou
     node_start(VICTIM, 0, NULL, NULL);
     n = all_but(others, N, LEAVER, -1);
     e = (struct expect){victim, 1, "alive", inc + 1, 0};
-    ms = wait_views(others, n, check_states, &e, 60000, "restart seen alive with a higher incarnation");
+    ms = wait_views(others, n, check_states, &e, 60000,
+                    "restart seen alive with a higher incarnation");
     cr_log_info("restart of n%d: alive everywhere at incarnation > %llu after %lld ms", VICTIM,
                 (unsigned long long)inc, (long long)ms);
 
@@ -367,8 +368,7 @@ Test(members, nodes_and_clients_without_the_key_are_kept_out, .timeout = 200)
     for (int i = 0; i < 3; i++) {
         json_t *m = query(i, AM_MSG_MEMBERS);
         cr_assert_not_null(m, "n%d does not answer with the key", i);
-        cr_assert_eq(json_array_size(json_object_get(m, "members")), 3,
-                     "n%d lists an outsider", i);
+        cr_assert_eq(json_array_size(json_object_get(m, "members")), 3, "n%d lists an outsider", i);
         json_decref(m);
         cr_assert_eq(status_u64(i, "membership", "live"), 3);
     }
@@ -506,8 +506,8 @@ Test(members, a_second_live_node_with_a_name_in_use_is_refused, .timeout = 120)
     json_t *m = query(0, AM_MSG_MEMBERS);
     cr_assert_not_null(m);
     cr_assert_eq(json_array_size(json_object_get(m, "members")), 2);
-    cr_assert_str_eq(json_string_value(json_object_get(member(m, "n1"), "addr")),
-                     w.nodes[1].addr, "the name moved to the newcomer");
+    cr_assert_str_eq(json_string_value(json_object_get(member(m, "n1"), "addr")), w.nodes[1].addr,
+                     "the name moved to the newcomer");
     json_decref(m);
     size_t len;
     char *log0 = proc_read_file(w.nodes[0].log, &len);
