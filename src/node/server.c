@@ -174,7 +174,8 @@ static void handle_hello(struct conn *c, const struct am_request *r)
     c->close_after_write = 1;
 }
 
-static void handle_status(struct conn *c, const struct am_request *r)
+/* STATUS, MEMBERS and RING: one map packed by the node's hook. */
+static void handle_query(struct conn *c, const struct am_request *r)
 {
     struct am_buf b;
     msgpack_packer pk;
@@ -253,7 +254,7 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
     case AM_MSG_STATUS:
     case AM_MSG_MEMBERS:
     case AM_MSG_RING:
-        handle_status(c, &r);
+        handle_query(c, &r);
         return;
     case AM_MSG_SYNC:
         handle_sync(c, &r);

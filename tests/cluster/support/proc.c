@@ -503,37 +503,62 @@ static int run_argv(struct proc_result *r, int timeout_ms, char *const *argv)
     return failed;
 }
 
+/* Copies the NULL-terminated variadic list starting at arg0 into args
+ * (room for max entries, the NULL included). Returns 0 or -E2BIG. */
+static int collect(const char **args, size_t max, const char *arg0, va_list ap)
+{
+    size_t n = 0;
+    for (const char *a = arg0; a; a = va_arg(ap, const char *)) {
+        if (n == max - 1)
+            return -E2BIG;
+        args[n++] = a;
+    }
+    args[n] = NULL;
+    return 0;
+}
+
+int proc_execl(struct proc_result *r, int timeout_ms, const char *arg0, ...)
+{
+    const char *args[MAX_ARGS];
+    va_list ap;
+    va_start(ap, arg0);
+    int rc = collect(args, MAX_ARGS, arg0, ap);
+    va_end(ap);
+    if (rc) {
+        memset(r, 0, sizeof *r);
+        return rc;
+    }
+    return proc_exec(r, timeout_ms, args);
+}
+
+/* The amesh binary is AMESH_BIN, an absolute path: proc_exec runs it as is. */
 int proc_run(struct proc_result *r, int timeout_ms, const char *const *args)
 {
-    char *argv[MAX_ARGS];
-    int argc = 0;
-    memset(r, 0, sizeof *r);
-    argv[argc++] = (char *)AMESH_BIN;
-    for (int i = 0; args[i]; i++) {
-        if (argc == MAX_ARGS - 1)
+    const char *all[MAX_ARGS];
+    size_t n = 0;
+    all[n++] = AMESH_BIN;
+    for (size_t i = 0; args[i]; i++) {
+        if (n == MAX_ARGS - 1) {
+            memset(r, 0, sizeof *r);
             return -E2BIG;
-        argv[argc++] = (char *)args[i];
+        }
+        all[n++] = args[i];
     }
-    argv[argc] = NULL;
-    return run_argv(r, timeout_ms, argv);
+    all[n] = NULL;
+    return proc_exec(r, timeout_ms, all);
 }
 
 int proc_runl(struct proc_result *r, int timeout_ms, const char *arg0, ...)
 {
     const char *args[MAX_ARGS];
-    int n = 0;
     va_list ap;
     va_start(ap, arg0);
-    for (const char *a = arg0; a; a = va_arg(ap, const char *)) {
-        if (n == MAX_ARGS - 1) {
-            va_end(ap);
-            memset(r, 0, sizeof *r);
-            return -E2BIG;
-        }
-        args[n++] = a;
-    }
+    int rc = collect(args, MAX_ARGS, arg0, ap);
     va_end(ap);
-    args[n] = NULL;
+    if (rc) {
+        memset(r, 0, sizeof *r);
+        return rc;
+    }
     return proc_run(r, timeout_ms, args);
 }
 
@@ -596,21 +621,3 @@ int proc_exec(struct proc_result *r, int timeout_ms, const char *const *args)
     return run_argv(r, timeout_ms, argv);
 }
 
-int proc_execl(struct proc_result *r, int timeout_ms, const char *arg0, ...)
-{
-    const char *args[MAX_ARGS];
-    int n = 0;
-    va_list ap;
-    va_start(ap, arg0);
-    for (const char *a = arg0; a; a = va_arg(ap, const char *)) {
-        if (n == MAX_ARGS - 1) {
-            va_end(ap);
-            memset(r, 0, sizeof *r);
-            return -E2BIG;
-        }
-        args[n++] = a;
-    }
-    va_end(ap);
-    args[n] = NULL;
-    return proc_exec(r, timeout_ms, args);
-}
