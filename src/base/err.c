@@ -19,6 +19,7 @@ static const char *const status_names[AM_ST__COUNT] = {
     [AM_ST_SHUTTING_DOWN] = "shutting_down",
     [AM_ST_INTERNAL] = "internal",
     [AM_ST_TIMEOUT] = "timeout",
+    [AM_ST_UNAVAILABLE] = "unavailable",
 };
 
 static const char *const status_text[AM_ST__COUNT] = {
@@ -35,6 +36,7 @@ static const char *const status_text[AM_ST__COUNT] = {
     [AM_ST_SHUTTING_DOWN] = "node shutting down",
     [AM_ST_INTERNAL] = "internal error",
     [AM_ST_TIMEOUT] = "timed out",
+    [AM_ST_UNAVAILABLE] = "the actor's owner is unavailable, retry later",
 };
 
 const char *am_strerror(int code)
@@ -77,7 +79,7 @@ const char *am_status_name(int status)
 int am_status_retryable(int status)
 {
     return status == AM_ST_BUSY || status == AM_ST_OVERLOADED || status == AM_ST_SHUTTING_DOWN ||
-           status == AM_ST_TIMEOUT;
+           status == AM_ST_TIMEOUT || status == AM_ST_UNAVAILABLE;
 }
 
 int am_errf(char *err, size_t errlen, int code, const char *fmt, ...)

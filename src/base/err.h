@@ -26,7 +26,8 @@ enum am_status {
     AM_ST_STORAGE = 9,        /* the state could not be read or committed */
     AM_ST_SHUTTING_DOWN = 10, /* node is stopping: retry on another node or later */
     AM_ST_INTERNAL = 11,      /* anything else; a bug or a system error */
-    AM_ST_TIMEOUT = 12,       /* no reply in time (client side) */
+    AM_ST_TIMEOUT = 12,       /* no reply in time (client, or a node from an actor's owner) */
+    AM_ST_UNAVAILABLE = 13,   /* the actor's owner cannot be reached now: retry */
     AM_ST__COUNT
 };
 
@@ -45,6 +46,7 @@ enum am_status {
 #define AM_ESHUTDOWN AM_E(AM_ST_SHUTTING_DOWN)
 #define AM_EINTERNAL AM_E(AM_ST_INTERNAL)
 #define AM_ETIMEOUT AM_E(AM_ST_TIMEOUT)
+#define AM_EUNAVAIL AM_E(AM_ST_UNAVAILABLE)
 
 /* Storage-specific codes, outside the wire range (they become AM_ST_STORAGE). */
 #define AM_ECORRUPT (-(AM_ERR_BASE + 50)) /* a file or record failed its check */

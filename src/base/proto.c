@@ -32,6 +32,23 @@ static int read_name(const uint8_t **p, const uint8_t *end, const char **s, uint
     return 0;
 }
 
+/* The fields of a CALL after its id (also the tail of a FORWARD): type,
+ * id, action, payload. */
+static int read_call(struct am_request *r, const uint8_t **p, const uint8_t *end)
+{
+    if (read_name(p, end, &r->type, &r->type_len, AM_MAX_TYPE) ||
+        read_name(p, end, &r->actor, &r->actor_len, AM_MAX_ID) ||
+        read_name(p, end, &r->action, &r->action_len, AM_MAX_ACTION) ||
+        memchr(r->type, '/', r->type_len))
+        return AM_EPROTO;
+    const uint8_t *start = *p;
+    if (am_mp_skip(p, end))
+        return AM_EPROTO;
+    r->payload = start;
+    r->payload_len = (uint32_t)(*p - start);
+    return 0;
+}
+
 int am_request_decode(struct am_request *r, const uint8_t *body, size_t len)
 {
     const uint8_t *p = body, *end;
@@ -49,29 +66,31 @@ int am_request_decode(struct am_request *r, const uint8_t *body, size_t len)
     r->kind = kind > 255 ? -1 : (int)kind;
     switch (r->kind) {
     case AM_MSG_HELLO:
-        if (n != 4 || am_mp_read_uint(&p, end, &r->version) ||
-            read_name(&p, end, &r->role, &r->role_len, AM_MAX_ROLE))
+        if ((n != 4 && n != 5) || am_mp_read_uint(&p, end, &r->version) ||
+            read_name(&p, end, &r->role, &r->role_len, AM_MAX_ROLE) ||
+            (n == 5 && read_name(&p, end, &r->name, &r->name_len, AM_MAX_PEER_NAME)))
             return AM_EPROTO;
         break;
-    case AM_MSG_CALL:
-    case AM_MSG_CAST: {
-        if (n != 6 || read_name(&p, end, &r->type, &r->type_len, AM_MAX_TYPE) ||
-            read_name(&p, end, &r->actor, &r->actor_len, AM_MAX_ID) ||
-            read_name(&p, end, &r->action, &r->action_len, AM_MAX_ACTION))
+    case AM_MSG_FORWARD: {
+        uint64_t fk, hops;
+        if (n != 9 || am_mp_read_uint(&p, end, &fk) || (fk != AM_MSG_CALL && fk != AM_MSG_CAST) ||
+            am_mp_read_uint(&p, end, &hops) || hops > 255 ||
+            am_mp_read_uint(&p, end, &r->ring_version) || read_call(r, &p, end))
             return AM_EPROTO;
-        if (memchr(r->type, '/', r->type_len))
-            return AM_EPROTO;
-        const uint8_t *start = p;
-        if (am_mp_skip(&p, end))
-            return AM_EPROTO;
-        r->payload = start;
-        r->payload_len = (uint32_t)(p - start);
+        r->fwd_kind = (int)fk;
+        r->hops = (unsigned)hops;
         break;
     }
+    case AM_MSG_CALL:
+    case AM_MSG_CAST:
+        if (n != 6 || read_call(r, &p, end))
+            return AM_EPROTO;
+        break;
     case AM_MSG_STATUS:
     case AM_MSG_MEMBERS:
     case AM_MSG_LEAVE:
     case AM_MSG_RING:
+    case AM_MSG_ACTORS:
         if (n != 2)
             return AM_EPROTO;
         break;
@@ -150,6 +169,33 @@ int am_encode_hello(struct am_buf *out, uint64_t id, const char *role)
     rc = rc || msgpack_pack_array(&pk, 4) || msgpack_pack_unsigned_int(&pk, AM_MSG_HELLO) ||
          msgpack_pack_uint64(&pk, id) || msgpack_pack_unsigned_int(&pk, AM_PROTO_VERSION) ||
          am_mp_pack_str(&pk, role, strlen(role));
+    return frame_end(out, at, rc);
+}
+
+int am_encode_hello_peer(struct am_buf *out, uint64_t id, const char *name)
+{
+    msgpack_packer pk;
+    int rc;
+    size_t at = frame_begin(out, &pk, &rc);
+    rc = rc || msgpack_pack_array(&pk, 5) || msgpack_pack_unsigned_int(&pk, AM_MSG_HELLO) ||
+         msgpack_pack_uint64(&pk, id) || msgpack_pack_unsigned_int(&pk, AM_PROTO_VERSION) ||
+         am_mp_pack_str(&pk, "peer", 4) || am_mp_pack_str(&pk, name, strlen(name));
+    return frame_end(out, at, rc);
+}
+
+int am_encode_forward(struct am_buf *out, uint64_t id, const struct am_request *r, unsigned hops,
+                      uint64_t ring_version)
+{
+    msgpack_packer pk;
+    int rc;
+    int kind = r->kind == AM_MSG_FORWARD ? r->fwd_kind : r->kind;
+    size_t at = frame_begin(out, &pk, &rc);
+    rc = rc || msgpack_pack_array(&pk, 9) || msgpack_pack_unsigned_int(&pk, AM_MSG_FORWARD) ||
+         msgpack_pack_uint64(&pk, id) || msgpack_pack_unsigned_int(&pk, (unsigned)kind) ||
+         msgpack_pack_unsigned_int(&pk, hops) || msgpack_pack_uint64(&pk, ring_version) ||
+         am_mp_pack_str(&pk, r->type, r->type_len) || am_mp_pack_str(&pk, r->actor, r->actor_len) ||
+         am_mp_pack_str(&pk, r->action, r->action_len) ||
+         am_mp_pack_raw(&pk, r->payload, r->payload_len);
     return frame_end(out, at, rc);
 }
 

@@ -7,7 +7,8 @@
  *   |      body length N (uint32, BE)   |  N bytes: msgpack array   |
  *   +--------+--------+--------+--------+---------------------------+
  *
- *   HELLO  [0, req_id, proto_version, role]            role "client"
+ *   HELLO  [0, req_id, proto_version, role]            role "client" or "member"
+ *   HELLO  [0, req_id, proto_version, "peer", name]    a node's stream for forwards
  *   CALL   [1, req_id, type, id, action, payload]      payload: any object
  *   CAST   [2, req_id, type, id, action, payload]
  *   STATUS [3, req_id]
@@ -16,6 +17,11 @@
  *   SYNC   [6, req_id, bin]                            push-pull state exchange;
  *                                                      only after HELLO role "member"
  *   RING   [7, req_id]                                 the placement ring
+ *   FORWARD [8, req_id, kind, hops, ring_version, type, id, action, payload]
+ *                                                      a CALL (kind 1) or CAST (2)
+ *                                                      handed on by another node;
+ *                                                      only after HELLO role "peer"
+ *   ACTORS [9, req_id]                                 the actors active here
  *   REPLY  [128, req_id, status, body]                 body: reply object if
  *                                                      status is 0, else an
  *                                                      error message (str)
@@ -42,6 +48,8 @@ enum am_msg_kind {
     AM_MSG_LEAVE = 5,
     AM_MSG_SYNC = 6,
     AM_MSG_RING = 7,
+    AM_MSG_FORWARD = 8,
+    AM_MSG_ACTORS = 9,
     AM_MSG_REPLY = 128,
 };
 
@@ -51,6 +59,13 @@ enum am_msg_kind {
 #define AM_MAX_ID 255
 #define AM_MAX_ACTION 63
 #define AM_MAX_ROLE 31
+/* A node name in a peer HELLO (the membership's limit, swim_proto.h). */
+#define AM_MAX_PEER_NAME 255
+/* How many times a call may be handed from node to node: the node a client
+ * asked forwards it to the owner by its view (hop 1); a node that gets a
+ * forwarded call it does not own by its own view forwards it once more
+ * (hop 2); past that the caller gets AM_ST_UNAVAILABLE. */
+#define AM_MAX_HOPS 2
 
 /* Looks for one complete frame at the start of [p, p+len).
  * Returns the bytes the frame takes (header included) and sets body/body_len;
@@ -64,11 +79,16 @@ struct am_request {
     int kind;
     uint64_t id;
     int has_id; /* set as soon as the id was read, so errors can name it */
-    const char *type, *actor, *action, *role;
-    uint32_t type_len, actor_len, action_len, role_len;
+    const char *type, *actor, *action, *role, *name;
+    uint32_t type_len, actor_len, action_len, role_len, name_len; /* name: peer HELLO */
     const uint8_t *payload; /* exactly one msgpack object; SYNC: the bin's bytes */
     uint32_t payload_len;
     uint64_t version; /* HELLO only */
+    /* FORWARD only: what was forwarded (AM_MSG_CALL or AM_MSG_CAST), how many
+     * hops it has made and the ring version of the node that sent it. */
+    int fwd_kind;
+    unsigned hops;
+    uint64_t ring_version;
 };
 
 /* Decodes one request body. Returns 0, or AM_EPROTO for a malformed message
@@ -92,8 +112,14 @@ int am_encode_call(struct am_buf *out, int kind, uint64_t id, const char *type, 
                    const char *actor, size_t actor_len, const char *action, size_t action_len,
                    const uint8_t *payload, size_t payload_len);
 int am_encode_hello(struct am_buf *out, uint64_t id, const char *role);
+/* HELLO role "peer" with the sending node's name. */
+int am_encode_hello_peer(struct am_buf *out, uint64_t id, const char *name);
+/* FORWARD of a decoded CALL or CAST (r->kind), or of a FORWARD again
+ * (r->fwd_kind): names and payload bytes are copied unchanged. */
+int am_encode_forward(struct am_buf *out, uint64_t id, const struct am_request *r, unsigned hops,
+                      uint64_t ring_version);
 int am_encode_status(struct am_buf *out, uint64_t id);
-/* A message with no field but its id: STATUS, MEMBERS, LEAVE or RING. */
+/* A message with no field but its id: STATUS, MEMBERS, LEAVE, RING or ACTORS. */
 int am_encode_simple(struct am_buf *out, int kind, uint64_t id);
 int am_encode_sync(struct am_buf *out, uint64_t id, const uint8_t *data, size_t len);
 int am_encode_reply(struct am_buf *out, uint64_t id, int status, const uint8_t *body,

@@ -883,7 +883,7 @@ static void complete(struct conn *c, uint32_t s, const struct am_reply *r, uint6
     if (b->acked) {
         if (r->status == AM_ST_OK)
             b->acked[sl.actor]++;
-        else if (r->status == AM_ST_TIMEOUT) /* a peer gave up: the outcome is unknown */
+        else if (r->status == AM_ST_TIMEOUT || r->status == AM_ST_UNAVAILABLE) /* may have happened */
             b->unknown[sl.actor]++;
     }
     uint64_t lat = now > sl.t0 ? now - sl.t0 : 0;

@@ -111,6 +111,22 @@
     "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"             \
     "  -h, --help        print this help\n"
 
+#define ACTORS_USAGE                                                                               \
+    "usage: amesh actors [--node HOST:PORT] [--timeout MS] [--key-file FILE] [--json]\n"
+
+#define ACTORS_HELP                                                                                \
+    ACTORS_USAGE                                                                                   \
+    "\n"                                                                                           \
+    "Prints the keys (type/id) of the actors active on one node, one per line,\n"                  \
+    "or with --json {\"active\",\"keys\":[...],\"truncated\"}: at most 100000 keys\n"            \
+    "are listed; active counts them all.\n"                                                        \
+    "\n"                                                                                           \
+    "  --node HOST:PORT  the node to ask (default " AM_CLI_DEFAULT_NODE ")\n"                      \
+    "  --timeout MS      give up after MS milliseconds (default 10000)\n"                          \
+    "  --json            print JSON\n"                                                             \
+    "  --key-file FILE   the cluster key, when the node has one (or AMESH_KEY_FILE)\n"             \
+    "  -h, --help        print this help\n"
+
 #define LEAVE_USAGE "usage: amesh leave [--node HOST:PORT] [--timeout MS] [--key-file FILE]\n"
 
 #define LEAVE_HELP                                                                                 \
@@ -792,24 +808,80 @@ int am_ring_text(const uint8_t *p, size_t len, struct am_buf *out)
     return rc;
 }
 
-/* "status", "members" and "ring": ask, then print text or JSON. */
+int am_actors_text(const uint8_t *p, size_t len, struct am_buf *out)
+{
+    const uint8_t *pos = p, *end = p + len;
+    uint32_t n, count = 0;
+    uint64_t active = 0;
+    int truncated = 0, have_keys = 0;
+    size_t at = out->len;
+    if (!len || am_mp_read_map(&pos, end, &n))
+        return AM_EPROTO;
+    int rc = 0;
+    for (uint32_t i = 0; i < n && !rc; i++) {
+        const char *k;
+        uint32_t klen;
+        rc = am_mp_read_str(&pos, end, &k, &klen);
+        if (!rc && klen == 6 && !memcmp(k, "active", 6)) {
+            rc = am_mp_read_uint(&pos, end, &active);
+        } else if (!rc && klen == 9 && !memcmp(k, "truncated", 9)) {
+            rc = am_mp_read_bool(&pos, end, &truncated);
+        } else if (!rc && klen == 4 && !memcmp(k, "keys", 4)) {
+            rc = am_mp_read_array(&pos, end, &count);
+            have_keys = 1;
+            for (uint32_t j = 0; !rc && j < count; j++) {
+                const char *key;
+                uint32_t kl;
+                rc = am_mp_read_str(&pos, end, &key, &kl);
+                if (!rc)
+                    rc = append_printable(out, key, kl);
+                if (!rc)
+                    rc = am_buf_append(out, "\n", 1);
+            }
+        } else if (!rc) {
+            rc = am_mp_skip(&pos, end);
+        }
+    }
+    if (!rc && (pos != end || !have_keys))
+        rc = AM_EPROTO;
+    if (!rc && truncated) {
+        char line[96];
+        snprintf(line, sizeof line, "(%llu active, the first %u listed)\n",
+                 (unsigned long long)active, count);
+        rc = am_buf_append(out, line, strlen(line));
+    }
+    if (rc) {
+        out->len = at;
+        return AM_EPROTO;
+    }
+    return 0;
+}
+
+/* The read-only commands: each asks one message and prints its reply. */
+static const struct query_cmd {
+    int kind;
+    const char *name, *usage, *help;
+    int (*text)(const uint8_t *p, size_t len, struct am_buf *out);
+} queries[] = {
+    {AM_MSG_STATUS, "status", STATUS_USAGE, STATUS_HELP, am_status_text},
+    {AM_MSG_MEMBERS, "members", MEMBERS_USAGE, MEMBERS_HELP, am_members_text},
+    {AM_MSG_RING, "ring", RING_USAGE, RING_HELP, am_ring_text},
+    {AM_MSG_ACTORS, "actors", ACTORS_USAGE, ACTORS_HELP, am_actors_text},
+};
+
+/* Asks, then prints text or JSON. */
 static int query(int argc, char **argv, int kind)
 {
     struct am_status_args a;
     char err[512];
-    const char *usage = kind == AM_MSG_STATUS    ? STATUS_USAGE
-                        : kind == AM_MSG_MEMBERS ? MEMBERS_USAGE
-                                                 : RING_USAGE;
-    const char *help = kind == AM_MSG_STATUS    ? STATUS_HELP
-                       : kind == AM_MSG_MEMBERS ? MEMBERS_HELP
-                                                : RING_HELP;
-    const char *name = kind == AM_MSG_STATUS    ? "status"
-                       : kind == AM_MSG_MEMBERS ? "members"
-                                                : "ring";
+    const struct query_cmd *q = queries;
+    while (q->kind != kind)
+        q++;
+    const char *name = q->name;
     if (am_status_args_parse(&a, argc, argv, err, sizeof err))
-        return usage_error(err, usage, name);
+        return usage_error(err, q->usage, name);
     if (a.help) {
-        fputs(help, stdout);
+        fputs(q->help, stdout);
         return AM_EXIT_OK;
     }
     struct am_client *c = connect_node(a.node, a.timeout_ms);
@@ -827,9 +899,7 @@ static int query(int argc, char **argv, int kind)
     } else if (a.json) {
         ex = print_json_reply(&reply);
     } else {
-        rc = kind == AM_MSG_STATUS    ? am_status_text(reply.data, reply.len, &text)
-             : kind == AM_MSG_MEMBERS ? am_members_text(reply.data, reply.len, &text)
-                                      : am_ring_text(reply.data, reply.len, &text);
+        rc = q->text(reply.data, reply.len, &text);
         if (rc) {
             fprintf(stderr, "amesh: cannot print the %s: %s\n", name, am_strerror(rc));
             ex = AM_EXIT_ERROR;
@@ -860,6 +930,11 @@ int am_cmd_members(int argc, char **argv)
 int am_cmd_ring(int argc, char **argv)
 {
     return query(argc, argv, AM_MSG_RING);
+}
+
+int am_cmd_actors(int argc, char **argv)
+{
+    return query(argc, argv, AM_MSG_ACTORS);
 }
 
 int am_cmd_leave(int argc, char **argv)

@@ -75,4 +75,8 @@ int am_members_text(const uint8_t *p, size_t len, struct am_buf *out);
  * out is left as it was. */
 int am_ring_text(const uint8_t *p, size_t len, struct am_buf *out);
 
+/* The text form of an ACTORS reply: one key per line, then a note when the
+ * list was cut. AM_EPROTO for a reply not of that shape. */
+int am_actors_text(const uint8_t *p, size_t len, struct am_buf *out);
+
 #endif

@@ -364,7 +364,7 @@ int am_client_status(struct am_client *c, struct am_buf *reply, int *status)
 int am_client_simple(struct am_client *c, int kind, struct am_buf *reply, int *status)
 {
     if (kind != AM_MSG_STATUS && kind != AM_MSG_MEMBERS && kind != AM_MSG_LEAVE &&
-        kind != AM_MSG_RING)
+        kind != AM_MSG_RING && kind != AM_MSG_ACTORS)
         return -EINVAL;
     if (c->broken)
         return c->broken;

@@ -88,7 +88,7 @@ int am_client_call(struct am_client *c, int kind, const char *type, const char *
  * status 0 the body is a map (see the node's status module). */
 int am_client_status(struct am_client *c, struct am_buf *reply, int *status);
 
-/* STATUS, MEMBERS, LEAVE or RING (a message with no field but its id), as
+/* STATUS, MEMBERS, LEAVE, RING or ACTORS (a message with no field but its id), as
  * am_client_status. */
 int am_client_simple(struct am_client *c, int kind, struct am_buf *reply, int *status);
 

@@ -23,6 +23,7 @@ int am_cmd_status(int argc, char **argv); /* cli_client.c */
 int am_cmd_members(int argc, char **argv); /* cli_client.c */
 int am_cmd_leave(int argc, char **argv);  /* cli_client.c */
 int am_cmd_ring(int argc, char **argv);   /* cli_client.c */
+int am_cmd_actors(int argc, char **argv); /* cli_client.c */
 int am_cmd_keygen(int argc, char **argv); /* cli_client.c */
 int am_cmd_bench(int argc, char **argv);  /* bench.c */
 

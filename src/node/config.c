@@ -46,6 +46,7 @@ static const struct option_row rows[] = {
     {"idle-timeout", K_UINT, F(idle_ms), 86400000, "MS        deactivate idle actors after (60000)"},
     {"max-connections", K_UINT, F(max_connections), 1u << 20, "N         client connections (10000)"},
     {"max-inflight", K_UINT, F(max_inflight), 1u << 20, "N         calls in flight per connection (4096)"},
+    {"forward-timeout", K_UINT, F(forward_timeout_ms), 3600000, "MS        a call forwarded to its owner fails (retryable)\n                               without a reply after (5000)"},
 };
 
 #define NROWS (sizeof rows / sizeof rows[0])
@@ -212,6 +213,7 @@ int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_
     c->idle_ms = 60000;
     c->max_connections = 10000;
     c->max_inflight = 4096;
+    c->forward_timeout_ms = 5000;
 
     for (size_t i = 0; i < NROWS; i++) {
         char name[64];

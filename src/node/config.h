@@ -33,6 +33,7 @@ struct am_config {
     uint64_t idle_ms;        /* 60,000 */
     unsigned max_connections; /* 10,000 */
     unsigned max_inflight;   /* 4,096 per connection */
+    unsigned forward_timeout_ms; /* 5,000: reply deadline of a call forwarded to its owner */
 };
 
 /* Fills c from argv (argv[0] is "node") and the environment. Returns 0, 1

@@ -14,6 +14,7 @@ static void usage(FILE *f)
                "  status   print a node's status\n"
                "  members  print the cluster's members as a node sees them\n"
                "  ring     print the placement ring a node built from its view\n"
+               "  actors   list the actors active on a node\n"
                "  leave    make a node leave the cluster and stop\n"
                "  keygen   write a new cluster key file\n"
                "  bench    measure a node's throughput and latency\n\n"
@@ -37,6 +38,8 @@ int main(int argc, char **argv)
         return am_cmd_members(argc - 1, argv + 1);
     if (strcmp(cmd, "ring") == 0)
         return am_cmd_ring(argc - 1, argv + 1);
+    if (strcmp(cmd, "actors") == 0)
+        return am_cmd_actors(argc - 1, argv + 1);
     if (strcmp(cmd, "leave") == 0)
         return am_cmd_leave(argc - 1, argv + 1);
     if (strcmp(cmd, "keygen") == 0)

@@ -4,7 +4,9 @@
  *   1. spread this node's `left` state through the cluster, stop accepting
  *      connections and reading requests;
  *   2. let the runtime finish what is in flight and write every dirty actor;
- *   3. write the last replies and close the connections;
+ *   3. wait for the calls this node forwarded to other nodes (each bounded
+ *      by --forward-timeout), then write the last replies and close the
+ *      connections;
  *   4. close the runtime and the store (the writer thread commits what is
  *      queued), then the loop runs dry and the process exits 0 (1 if, in
  *      interval mode, a state could not be written at all). */
@@ -18,6 +20,7 @@
 #include "log.h"
 #include "mem.h"
 #include "mp.h"
+#include "peer.h"
 #include "proto.h"
 #include "registry.h"
 #include "ring.h"
@@ -44,8 +47,13 @@ struct node {
     struct am_gossip *gossip;
     /* The placement ring of the current view (alive and suspect members),
      * rebuilt RING_DELAY_MS after a change, so a burst of member events
-     * costs one build. Not used for routing yet. */
+     * costs one build. ring_peers[i] is the stream to ring member i (NULL
+     * for this node, at self_idx, -1 when this node is not in the ring). */
     struct am_ring *ring;
+    struct am_peer **ring_peers;
+    int self_idx;
+    struct am_peers *peers;
+    uint64_t routed, forwards_in, hop_limited, ring_mismatches;
     uv_timer_t ring_timer;
     int ring_timer_open;
     uint64_t ring_builds;
@@ -104,7 +112,9 @@ static int pack_status(void *arg, msgpack_packer *pk)
         am_swim_member_at(core, i, &m);
         alive += m.state == AM_MEMBER_ALIVE || m.state == AM_MEMBER_SUSPECT;
     }
-    return msgpack_pack_map(pk, 12) || pack_kv_str(pk, "node", n->cfg.name) ||
+    struct am_peers_stats ps;
+    am_peers_get_stats(n->peers, &ps);
+    return msgpack_pack_map(pk, 13) || pack_kv_str(pk, "node", n->cfg.name) ||
            pack_kv_str(pk, "version", AM_VERSION_STRING) ||
            pack_kv_u64(pk, "pid", (uint64_t)getpid()) ||
            pack_kv_u64(pk, "uptime_ms", uv_now(&n->loop) - n->started_ms) ||
@@ -123,12 +133,14 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "commits", ss.commits) || pack_kv_u64(pk, "max_batch", ss.max_batch) ||
            pack_kv_u64(pk, "failed", ss.failed) || pack_kv_u64(pk, "map_size", ss.map_size) ||
            pack_kv_u64(pk, "map_grows", ss.map_grows) || am_mp_pack_str(pk, "clients", 7) ||
-           msgpack_pack_map(pk, 8) || pack_kv_u64(pk, "connections", vs.connections) ||
+           msgpack_pack_map(pk, 10) || pack_kv_u64(pk, "connections", vs.connections) ||
            pack_kv_u64(pk, "accepted", vs.accepted) || pack_kv_u64(pk, "rejected", vs.rejected) ||
            pack_kv_u64(pk, "requests", vs.requests) ||
            pack_kv_u64(pk, "bad_frames", vs.bad_frames) ||
            pack_kv_u64(pk, "unauthenticated", vs.unauthenticated) ||
            pack_kv_u64(pk, "bytes_in", vs.bytes_in) || pack_kv_u64(pk, "bytes_out", vs.bytes_out) ||
+           pack_kv_u64(pk, "peers", vs.peers) ||
+           pack_kv_u64(pk, "peers_refused", vs.peers_refused) ||
            am_mp_pack_str(pk, "membership", 10) || msgpack_pack_map(pk, 22) ||
            pack_kv_str(pk, "profile", n->cfg.profile) ||
            pack_kv_u64(pk, "encrypted", (uint64_t)n->keyed) ||
@@ -150,7 +162,21 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "conflicts", gs.conflicts) || am_mp_pack_str(pk, "ring", 4) ||
            msgpack_pack_map(pk, 4) || pack_kv_str(pk, "version", ring_hex) ||
            pack_kv_u64(pk, "members", n->ring ? am_ring_count(n->ring) : 0) ||
-           pack_kv_u64(pk, "vnodes", AM_RING_VNODES) || pack_kv_u64(pk, "builds", n->ring_builds);
+           pack_kv_u64(pk, "vnodes", AM_RING_VNODES) ||
+           pack_kv_u64(pk, "builds", n->ring_builds) || am_mp_pack_str(pk, "routing", 7) ||
+           msgpack_pack_map(pk, 17) || pack_kv_u64(pk, "forwarded", n->routed) ||
+           pack_kv_u64(pk, "received", n->forwards_in) ||
+           pack_kv_u64(pk, "hop_limited", n->hop_limited) ||
+           pack_kv_u64(pk, "ring_mismatches", n->ring_mismatches) ||
+           pack_kv_u64(pk, "replies", ps.replies) || pack_kv_u64(pk, "refused", ps.refused) ||
+           pack_kv_u64(pk, "timeouts", ps.timeouts) || pack_kv_u64(pk, "failed", ps.failed) ||
+           pack_kv_u64(pk, "pending", ps.pending) ||
+           pack_kv_u64(pk, "queued_bytes", ps.queued_bytes) ||
+           pack_kv_u64(pk, "streams", ps.streams) || pack_kv_u64(pk, "connects", ps.connects) ||
+           pack_kv_u64(pk, "stream_errors", ps.stream_errors) ||
+           pack_kv_u64(pk, "bad_frames", ps.bad_frames) ||
+           pack_kv_u64(pk, "bytes_in", ps.bytes_in) || pack_kv_u64(pk, "bytes_out", ps.bytes_out) ||
+           pack_kv_u64(pk, "timeout_ms", n->cfg.forward_timeout_ms);
 }
 
 /* A member change reaches the ring this long after it (later changes
@@ -176,12 +202,26 @@ static void ring_rebuild(struct node *n)
     struct am_ring *r;
     int rc = am_ring_build(&r, names, live, AM_RING_VNODES);
     am_free(names);
+    struct am_peer **peers = NULL;
+    if (rc == 0 && !(peers = am_calloc(live ? live : 1, sizeof *peers))) {
+        am_ring_free(r);
+        rc = -ENOMEM;
+    }
     if (rc) {
         am_log_warn("cannot build the ring: %s; keeping the previous one", am_strerror(rc));
         return;
     }
+    n->self_idx = am_ring_find(r, n->cfg.name);
+    for (size_t i = 0; i < live; i++) {
+        struct am_swim_member m;
+        if ((int)i == n->self_idx || !n->peers || am_swim_find(core, am_ring_member(r, (int)i), &m))
+            continue;
+        peers[i] = am_peers_get(n->peers, m.name, m.addr); /* NULL: out of memory */
+    }
     am_ring_free(n->ring);
+    am_free(n->ring_peers);
     n->ring = r;
+    n->ring_peers = peers;
     n->ring_builds++;
     am_log_debug("ring %016llx: %zu members", (unsigned long long)am_ring_version(r), live);
 }
@@ -241,6 +281,65 @@ static int sync_members(void *arg, const uint8_t *msg, size_t len, struct am_buf
     return am_gossip_sync(n->gossip, msg, len, reply);
 }
 
+/* CALL, CAST and FORWARD: run here when this node owns the actor by its
+ * view, else hand the call to the owner (docs/protocol.md, "Routing"). */
+static int route(void *arg, const struct am_request *r, am_reply_fn cb, void *ctx, char *err,
+                 size_t errlen)
+{
+    struct node *n = arg;
+    unsigned hops = 0;
+    uint64_t version = n->ring ? am_ring_version(n->ring) : 0;
+    if (r->kind == AM_MSG_FORWARD) {
+        hops = r->hops;
+        n->forwards_in++;
+        n->ring_mismatches += r->ring_version != version;
+    }
+    if (!n->ring || am_ring_count(n->ring) == 0)
+        return 0;
+    int owner = am_ring_owner(n->ring, am_ring_key(r->type, r->type_len, r->actor, r->actor_len));
+    if (owner == n->self_idx)
+        return 0;
+    const char *name = am_ring_member(n->ring, owner);
+    if (hops >= AM_MAX_HOPS) {
+        n->hop_limited++;
+        return am_errf(err, errlen, AM_EUNAVAIL,
+                       "%.*s/%.*s was forwarded %u times and this node's view (ring %016llx) "
+                       "still places it on %s: the nodes' views differ; retry once they agree",
+                       (int)r->type_len, r->type, (int)r->actor_len, r->actor, hops,
+                       (unsigned long long)version, name);
+    }
+    struct am_peer *p = n->ring_peers[owner];
+    if (!p)
+        return am_errf(err, errlen, AM_EUNAVAIL, "owner %s of %.*s/%.*s is not reachable yet",
+                       name, (int)r->type_len, r->type, (int)r->actor_len, r->actor);
+    int rc = am_peer_forward(p, r, hops + 1, version, r->id, cb, ctx, err, errlen);
+    if (rc)
+        return rc;
+    n->routed++;
+    return 1;
+}
+
+/* HELLO role "peer": a live member of this node's view, connecting from
+ * the host it advertises. */
+static int check_peer(void *arg, const char *name, size_t len, const struct sockaddr_in *from,
+                      char *err, size_t errlen)
+{
+    struct node *n = arg;
+    char nm[AM_MAX_PEER_NAME + 1], host[INET_ADDRSTRLEN];
+    struct am_swim_member m;
+    struct sockaddr_in adv;
+    snprintf(nm, sizeof nm, "%.*s", (int)len, name);
+    uv_ip4_name(from, host, sizeof host);
+    if (!n->gossip || am_swim_find(am_gossip_core(n->gossip), nm, &m) ||
+        (m.state != AM_MEMBER_ALIVE && m.state != AM_MEMBER_SUSPECT) || strcmp(nm, n->cfg.name) == 0)
+        return am_errf(err, errlen, AM_EPROTO, "'%s' (from %s) is not a live member of %s's view",
+                       nm, host, n->cfg.name);
+    if (am_addr_parse(m.addr, 0, &adv) || adv.sin_addr.s_addr != from->sin_addr.s_addr)
+        return am_errf(err, errlen, AM_EPROTO,
+                       "'%s' is a member at %s, but this stream comes from %s", nm, m.addr, host);
+    return 0;
+}
+
 static void on_server_closed(void *arg)
 {
     struct node *n = arg;
@@ -255,6 +354,8 @@ static void on_server_closed(void *arg)
     n->gossip = NULL;
     am_ring_free(n->ring);
     n->ring = NULL;
+    am_free(n->ring_peers);
+    n->ring_peers = NULL;
     uv_close((uv_handle_t *)&n->ring_timer, NULL);
     n->ring_timer_open = 0;
     uv_close((uv_handle_t *)&n->sigterm, NULL);
@@ -262,12 +363,28 @@ static void on_server_closed(void *arg)
     am_log_info("stopped");
 }
 
+static void on_peers_closed(void *arg)
+{
+    struct node *n = arg;
+    am_log_info("closing connections");
+    am_server_close(n->srv, on_server_closed, n);
+    n->srv = NULL;
+}
+
 static void on_runtime_drained(void *arg)
 {
     struct node *n = arg;
-    am_log_info("every actor state is written; closing connections");
-    am_server_close(n->srv, on_server_closed, n);
-    n->srv = NULL;
+    struct am_peers_stats ps;
+    am_peers_get_stats(n->peers, &ps);
+    if (ps.pending)
+        am_log_info("every actor state is written; waiting for %llu forwarded calls",
+                    (unsigned long long)ps.pending);
+    else
+        am_log_info("every actor state is written");
+    /* Forwarded calls answer clients of this node's server: the server
+     * closes after the last of them. */
+    am_peers_close(n->peers, on_peers_closed, n);
+    n->peers = NULL;
 }
 
 static void on_left(void *arg)
@@ -300,6 +417,10 @@ static void stop(struct node *n, const char *why)
 static void on_member_event(void *arg, const struct am_swim_action *ev)
 {
     struct node *n = arg;
+    if (n->peers && ev->event != AM_SWIM_EV_CONFLICT && strcmp(ev->name, n->cfg.name) != 0 &&
+        (ev->event == AM_SWIM_EV_REAPED || ev->state == AM_MEMBER_DEAD ||
+         ev->state == AM_MEMBER_LEFT))
+        am_peers_drop(n->peers, ev->name, ev->state == AM_MEMBER_LEFT ? "left the cluster" : "was declared dead");
     if (ev->event != AM_SWIM_EV_CONFLICT && n->ring_timer_open &&
         !uv_is_active((uv_handle_t *)&n->ring_timer))
         uv_timer_start(&n->ring_timer, on_ring_timer, RING_DELAY_MS, 0);
@@ -325,10 +446,16 @@ static void on_leave_request(void *arg)
     stop(arg, "leave requested");
 }
 
+/* Per peer: calls waiting for replies, and bytes waiting to be written
+ * (or two of the largest frames, if more). A peer that stops reading costs
+ * at most this much; past it calls to it are refused (overloaded, retry). */
+#define PEER_MAX_PENDING 16384
+#define PEER_MAX_OUT (16u << 20)
+
 static int start(struct node *n, char *err, size_t errlen)
 {
     struct am_config *c = &n->cfg;
-    struct sockaddr_in bind;
+    struct sockaddr_in bind, bind_src;
     int rc = am_registry_new(&n->reg);
     if (rc == 0)
         rc = am_registry_add_builtins(n->reg);
@@ -360,6 +487,8 @@ static int start(struct node *n, char *err, size_t errlen)
         return rc;
     }
     am_addr_parse(c->bind, 0, &bind);
+    bind_src = bind;
+    bind_src.sin_port = 0;
     if (c->key_file[0]) {
         rc = am_seal_init();
         if (rc == 0)
@@ -388,6 +517,23 @@ static int start(struct node *n, char *err, size_t errlen)
     rc = am_gossip_start(&n->gossip, &n->loop, &go, err, errlen);
     if (rc)
         return rc;
+    /* Peer streams leave from the bind address (not from whatever source
+     * the routing table picks), so the peer sees the address we advertise. */
+    struct am_peers_opts po = {
+        .name = c->name,
+        .source = bind.sin_addr.s_addr != htonl(INADDR_ANY) ? &bind_src : NULL,
+        .key = n->keyed ? n->key : NULL,
+        .timeout_ms = c->forward_timeout_ms,
+        .max_pending = PEER_MAX_PENDING,
+        .max_out = 2 * (c->max_payload + 4096) > PEER_MAX_OUT ? 2 * (c->max_payload + 4096)
+                                                              : PEER_MAX_OUT,
+        .max_frame = (c->max_state > c->max_payload ? c->max_state : c->max_payload) + 4096,
+    };
+    rc = am_peers_new(&n->peers, &n->loop, &po);
+    if (rc) {
+        snprintf(err, errlen, "cannot set up peer streams: %s", am_strerror(rc));
+        return rc;
+    }
     uv_timer_init(&n->loop, &n->ring_timer);
     n->ring_timer.data = n;
     n->ring_timer_open = 1;
@@ -407,6 +553,8 @@ static int start(struct node *n, char *err, size_t errlen)
         .ring = pack_ring,
         .leave = on_leave_request,
         .sync = sync_members,
+        .peer_hello = check_peer,
+        .route = route,
         .arg = n,
     };
     rc = am_server_start(&n->srv, &n->loop, &bind, n->rt, &vo, &hooks, err, errlen);
@@ -426,11 +574,14 @@ static void abort_start(struct node *n)
 {
     if (n->srv)
         am_server_close(n->srv, NULL, NULL);
+    if (n->peers)
+        am_peers_close(n->peers, NULL, NULL);
     if (n->gossip)
         am_gossip_close(n->gossip, NULL, NULL);
     if (n->ring_timer_open)
         uv_close((uv_handle_t *)&n->ring_timer, NULL);
     am_ring_free(n->ring);
+    am_free(n->ring_peers);
     if (n->rt) {
         am_runtime_free(n->rt);
     }

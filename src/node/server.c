@@ -53,7 +53,8 @@ struct conn {
     uv_write_t wreq;
     unsigned inflight;
     uint8_t in_turn, writing, paused, reading, closing, closed, close_after_write;
-    uint8_t member; /* said HELLO with role "member": a peer node */
+    uint8_t member; /* said HELLO with role "member": push-pull of a (joining) node */
+    uint8_t peer;   /* said HELLO with role "peer" and was accepted: forwarded calls */
 };
 
 struct am_server {
@@ -145,25 +146,58 @@ static void on_reply(void *ctx, uint64_t id, int status, const uint8_t *body, si
     }
 }
 
+static int role_is(const struct am_request *r, const char *role)
+{
+    return r->role_len == strlen(role) && memcmp(r->role, role, r->role_len) == 0;
+}
+
+/* HELLO role "peer": only a live member of this node's view, connecting
+ * from its own address, may forward calls here. */
+static int accept_peer(struct conn *c, const struct am_request *r, char *msg, size_t len)
+{
+    struct am_server *s = c->srv;
+    struct sockaddr_storage from;
+    int flen = sizeof from;
+    if (!r->name)
+        return am_errf(msg, len, AM_EPROTO, "HELLO role 'peer' must name the node");
+    if (!s->hooks.peer_hello)
+        return am_errf(msg, len, AM_EPROTO, "this node takes no peer streams");
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&from, &flen) ||
+        from.ss_family != AF_INET)
+        return am_errf(msg, len, AM_EPROTO, "peer streams are served over IPv4 only");
+    return s->hooks.peer_hello(s->hooks.arg, r->name, r->name_len,
+                               (const struct sockaddr_in *)&from, msg, len);
+}
+
 static void handle_hello(struct conn *c, const struct am_request *r)
 {
-    char msg[160];
+    char msg[300];
+    struct am_server *s = c->srv;
     if (r->version != AM_PROTO_VERSION) {
         snprintf(msg, sizeof msg, "protocol version %llu is not supported (this node speaks %d)",
                  (unsigned long long)r->version, AM_PROTO_VERSION);
-    } else if (!(r->role_len == 6 && memcmp(r->role, "client", 6) == 0) &&
-               !(r->role_len == 6 && memcmp(r->role, "member", 6) == 0 && c->srv->hooks.sync)) {
+    } else if (c->member || c->peer) {
+        snprintf(msg, sizeof msg, "this connection already said HELLO");
+    } else if (!role_is(r, "client") && !(role_is(r, "member") && s->hooks.sync) &&
+               !role_is(r, "peer")) {
         snprintf(msg, sizeof msg, "role '%.*s' is not served on this port (use 'client')",
                  (int)r->role_len, r->role);
+    } else if (role_is(r, "peer") && accept_peer(c, r, msg, sizeof msg)) {
+        s->st.peers_refused++;
+        am_log_warn("refused a peer stream: %s", msg);
     } else {
-        c->member = r->role[0] == 'm';
+        c->member = role_is(r, "member");
+        if (role_is(r, "peer")) {
+            c->peer = 1;
+            s->st.peers++;
+        }
         struct am_buf b;
         msgpack_packer pk;
         am_buf_init(&b);
         am_mp_packer_init(&pk, &b);
         int rc = msgpack_pack_map(&pk, 2) || am_mp_pack_str(&pk, "proto", 5) ||
                  msgpack_pack_int(&pk, AM_PROTO_VERSION) || am_mp_pack_str(&pk, "node", 4) ||
-                 am_mp_pack_str(&pk, c->srv->o.node_name, strlen(c->srv->o.node_name));
+                 am_mp_pack_str(&pk, s->o.node_name, strlen(s->o.node_name));
         if (rc || am_encode_reply(&c->out, r->id, AM_ST_OK, b.data, b.len))
             send_error(c, r->id, AM_ST_INTERNAL, "out of memory");
         am_buf_close(&b);
@@ -174,7 +208,43 @@ static void handle_hello(struct conn *c, const struct am_request *r)
     c->close_after_write = 1;
 }
 
-/* STATUS, MEMBERS and RING: one map packed by the node's hook. */
+/* ACTORS: {"active": N, "keys": ["type/id"...], "truncated": bool}, at
+ * most ACTORS_LIST_MAX keys. */
+#define ACTORS_LIST_MAX 100000
+
+struct key_list {
+    msgpack_packer *pk;
+    size_t left;
+    int rc;
+};
+
+static void pack_key(void *arg, const char *key, size_t len)
+{
+    struct key_list *l = arg;
+    if (l->left == 0 || l->rc)
+        return;
+    l->left--;
+    l->rc = am_mp_pack_str(l->pk, key, len);
+}
+
+static int pack_actors(struct am_server *s, msgpack_packer *pk)
+{
+    struct am_runtime_stats rs;
+    am_runtime_get_stats(s->rt, &rs);
+    size_t n = rs.active < ACTORS_LIST_MAX ? (size_t)rs.active : ACTORS_LIST_MAX;
+    struct key_list l = {.pk = pk, .left = n};
+    if (msgpack_pack_map(pk, 3) || am_mp_pack_str(pk, "active", 6) ||
+        msgpack_pack_uint64(pk, rs.active) || am_mp_pack_str(pk, "keys", 4) ||
+        msgpack_pack_array(pk, (uint32_t)n))
+        return -ENOMEM;
+    am_runtime_each_active(s->rt, pack_key, &l);
+    if (l.rc || l.left) /* the count and the walk disagree: never on one thread */
+        return -ENOMEM;
+    return am_mp_pack_str(pk, "truncated", 9) ||
+           (rs.active > n ? msgpack_pack_true(pk) : msgpack_pack_false(pk));
+}
+
+/* STATUS, MEMBERS, RING and ACTORS: one map. */
 static void handle_query(struct conn *c, const struct am_request *r)
 {
     struct am_buf b;
@@ -184,7 +254,10 @@ static void handle_query(struct conn *c, const struct am_request *r)
     int (*fn)(void *, msgpack_packer *) = r->kind == AM_MSG_STATUS    ? c->srv->hooks.status
                                           : r->kind == AM_MSG_MEMBERS ? c->srv->hooks.members
                                                                       : c->srv->hooks.ring;
-    if (!fn) {
+    if (r->kind == AM_MSG_ACTORS) {
+        if (pack_actors(c->srv, &pk) || am_encode_reply(&c->out, r->id, AM_ST_OK, b.data, b.len))
+            send_error(c, r->id, AM_ST_INTERNAL, "out of memory");
+    } else if (!fn) {
         send_error(c, r->id, AM_ST_BAD_REQUEST, "this node runs without membership");
     } else if (fn(c->srv->hooks.arg, &pk) ||
                am_encode_reply(&c->out, r->id, AM_ST_OK, b.data, b.len)) {
@@ -234,6 +307,18 @@ static void handle_leave(struct conn *c, const struct am_request *r)
     s->hooks.leave(s->hooks.arg);
 }
 
+/* A malformed or misplaced frame on a peer stream closes it (a node that
+ * sends one is broken or is not a node); a client is told and may go on. */
+static void bad_frame(struct conn *c, const struct am_request *r, const char *msg)
+{
+    c->srv->st.bad_frames++;
+    send_error(c, r->has_id ? r->id : 0, AM_ST_BAD_REQUEST, msg);
+    if (c->peer) {
+        am_log_warn("closed a peer stream after a malformed frame: %s", msg);
+        c->close_after_write = 1;
+    }
+}
+
 static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
 {
     struct am_server *s = c->srv;
@@ -241,10 +326,9 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
     char err[300];
     s->st.requests++;
     if (am_request_decode(&r, body, len)) {
-        s->st.bad_frames++;
-        send_error(c, r.has_id ? r.id : 0, AM_ST_BAD_REQUEST,
-                   r.has_id ? "malformed request: see the message layouts in docs/protocol.md"
-                            : "malformed frame: not [kind, request id, ...] in msgpack");
+        bad_frame(c, &r,
+                  r.has_id ? "malformed request: see the message layouts in docs/protocol.md"
+                           : "malformed frame: not [kind, request id, ...] in msgpack");
         return;
     }
     switch (r.kind) {
@@ -254,6 +338,7 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
     case AM_MSG_STATUS:
     case AM_MSG_MEMBERS:
     case AM_MSG_RING:
+    case AM_MSG_ACTORS:
         handle_query(c, &r);
         return;
     case AM_MSG_SYNC:
@@ -262,20 +347,39 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
     case AM_MSG_LEAVE:
         handle_leave(c, &r);
         return;
+    case AM_MSG_FORWARD:
+        if (!c->peer) {
+            bad_frame(c, &r, "FORWARD is taken on peer streams only (HELLO role 'peer')");
+            c->close_after_write = 1;
+            return;
+        }
+        break;
     default:
+        if (c->peer) {
+            bad_frame(c, &r, "a peer stream carries FORWARD frames only");
+            return;
+        }
         break;
     }
-    int call = r.kind == AM_MSG_CALL;
-    if (call)
-        c->inflight++;
-    int rc = am_runtime_submit(s->rt, r.id, r.type, r.type_len, r.actor, r.actor_len, r.action,
-                               r.action_len, r.payload, r.payload_len, call ? on_reply : NULL, c,
+    int kind = r.kind == AM_MSG_FORWARD ? r.fwd_kind : r.kind;
+    /* A call always has a callback; so does a cast that goes to another
+     * node (its acknowledgement is the owner's) or came from one. */
+    int held = 1;
+    c->inflight++;
+    int rc = s->hooks.route ? s->hooks.route(s->hooks.arg, &r, on_reply, c, err, sizeof err) : 0;
+    if (rc == 1)
+        return;
+    if (rc == 0) {
+        held = kind == AM_MSG_CALL;
+        rc = am_runtime_submit(s->rt, r.id, r.type, r.type_len, r.actor, r.actor_len, r.action,
+                               r.action_len, r.payload, r.payload_len, held ? on_reply : NULL, c,
                                err, sizeof err);
+    }
+    if (rc || !held)
+        c->inflight--;
     if (rc) {
-        if (call)
-            c->inflight--;
         send_error(c, r.id, am_status_of(rc), err);
-    } else if (!call) {
+    } else if (!held) {
         static const uint8_t nil = 0xc0;
         if (am_encode_reply(&c->out, r.id, AM_ST_OK, &nil, 1) == 0)
             turn_add(c);
@@ -300,6 +404,8 @@ static void process_input(struct conn *c)
         if (n < 0) {
             char msg[160];
             s->st.bad_frames++;
+            if (c->peer)
+                am_log_warn("closed a peer stream after an oversized frame");
             snprintf(msg, sizeof msg, "frame of %u bytes exceeds the limit of %zu bytes",
                      am_be32_get(c->in.data + off), s->o.max_frame);
             send_error(c, 0, AM_ST_TOO_LARGE, msg);
@@ -489,6 +595,8 @@ static void on_conn_closed(uv_handle_t *h)
         *pp = c->turn_next;
         c->in_turn = 0;
     }
+    if (c->peer)
+        s->st.peers--;
     if (c->inflight == 0)
         conn_free(c);
     maybe_finish_close(s);

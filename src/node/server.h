@@ -10,6 +10,7 @@
 #define AM_SERVER_H
 
 #include "buf.h"
+#include "proto.h"
 #include "runtime.h"
 
 #include <msgpack.h>
@@ -34,6 +35,8 @@ struct am_server_stats {
     uint64_t requests;         /* frames decoded */
     uint64_t bad_frames;       /* malformed or oversized */
     uint64_t unauthenticated;  /* connections closed: no cluster key, or another one */
+    uint64_t peers;            /* peer connections open now (HELLO role "peer") */
+    uint64_t peers_refused;    /* peer HELLOs refused: not a live member at that address */
     uint64_t bytes_in, bytes_out;
 };
 
@@ -47,6 +50,17 @@ struct am_server_hooks {
     /* SYNC, on "member" connections only: a push-pull message in, the
      * answer appended to reply. 0 or AM_EPROTO. */
     int (*sync)(void *arg, const uint8_t *msg, size_t len, struct am_buf *reply);
+    /* HELLO role "peer" from a node named name (not NUL-terminated) whose
+     * connection comes from `from`: 0 to accept it, or a negative code with
+     * err saying why not. NULL: peer connections are refused. */
+    int (*peer_hello)(void *arg, const char *name, size_t len, const struct sockaddr_in *from,
+                      char *err, size_t errlen);
+    /* Placement of a CALL, CAST or FORWARD r: 0 when this node runs it;
+     * 1 when it was handed to another node, and cb(ctx, r->id, ...) will run
+     * exactly once with the outcome; or a negative code with err set. NULL:
+     * everything runs here. */
+    int (*route)(void *arg, const struct am_request *r, am_reply_fn cb, void *ctx, char *err,
+                 size_t errlen);
     void *arg;
 };
 

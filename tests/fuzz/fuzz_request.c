@@ -46,11 +46,13 @@ static void check_reencode(const struct am_request *r)
     am_buf_init(&out);
     int rc;
     int simple = r->kind == AM_MSG_STATUS || r->kind == AM_MSG_MEMBERS ||
-                 r->kind == AM_MSG_LEAVE || r->kind == AM_MSG_RING;
+                 r->kind == AM_MSG_LEAVE || r->kind == AM_MSG_RING || r->kind == AM_MSG_ACTORS;
     if (simple)
         rc = am_encode_simple(&out, r->kind, r->id);
     else if (r->kind == AM_MSG_SYNC)
         rc = am_encode_sync(&out, r->id, r->payload, r->payload_len);
+    else if (r->kind == AM_MSG_FORWARD)
+        rc = am_encode_forward(&out, r->id, r, r->hops, r->ring_version);
     else
         rc = am_encode_call(&out, r->kind, r->id, r->type, r->type_len, r->actor, r->actor_len,
                             r->action, r->action_len, r->payload, r->payload_len);
@@ -61,6 +63,8 @@ static void check_reencode(const struct am_request *r)
     struct am_request q;
     CHECK(am_request_decode(&q, body, len) == 0);
     CHECK(q.kind == r->kind && q.id == r->id);
+    if (r->kind == AM_MSG_FORWARD)
+        CHECK(q.fwd_kind == r->fwd_kind && q.hops == r->hops && q.ring_version == r->ring_version);
     if (r->kind == AM_MSG_SYNC) {
         CHECK(q.payload_len == r->payload_len);
         CHECK(memcmp(q.payload, r->payload, r->payload_len) == 0);
@@ -74,6 +78,23 @@ static void check_reencode(const struct am_request *r)
     am_buf_close(&out);
 }
 
+/* The fields of an accepted CALL, CAST or FORWARD. */
+static void check_call(const struct am_request *r, const uint8_t *body, const uint8_t *end)
+{
+    CHECK(inside(r->type, r->type_len, body, end));
+    CHECK(inside(r->actor, r->actor_len, body, end));
+    CHECK(inside(r->action, r->action_len, body, end));
+    CHECK(inside(r->payload, r->payload_len, body, end));
+    CHECK(r->type_len >= 1 && r->type_len <= AM_MAX_TYPE);
+    CHECK(r->actor_len >= 1 && r->actor_len <= AM_MAX_ID);
+    CHECK(r->action_len >= 1 && r->action_len <= AM_MAX_ACTION);
+    CHECK(!memchr(r->type, '/', r->type_len));
+    CHECK(r->payload_len >= 1);
+    CHECK(am_mp_check_one(r->payload, r->payload_len) == 0);
+    CHECK(r->payload + r->payload_len == end);
+    check_reencode(r);
+}
+
 static void check_request(const uint8_t *body, size_t len)
 {
     const uint8_t *end = body + len;
@@ -85,26 +106,27 @@ static void check_request(const uint8_t *body, size_t len)
     }
     CHECK(r.has_id);
     switch (r.kind) {
+    case AM_MSG_FORWARD:
+        CHECK(r.fwd_kind == AM_MSG_CALL || r.fwd_kind == AM_MSG_CAST);
+        CHECK(r.hops <= 255);
+        check_call(&r, body, end);
+        break;
     case AM_MSG_CALL:
     case AM_MSG_CAST:
-        CHECK(inside(r.type, r.type_len, body, end));
-        CHECK(inside(r.actor, r.actor_len, body, end));
-        CHECK(inside(r.action, r.action_len, body, end));
-        CHECK(inside(r.payload, r.payload_len, body, end));
-        CHECK(r.type_len >= 1 && r.type_len <= AM_MAX_TYPE);
-        CHECK(r.actor_len >= 1 && r.actor_len <= AM_MAX_ID);
-        CHECK(r.action_len >= 1 && r.action_len <= AM_MAX_ACTION);
-        CHECK(!memchr(r.type, '/', r.type_len));
-        CHECK(r.payload_len >= 1);
-        CHECK(am_mp_check_one(r.payload, r.payload_len) == 0);
-        CHECK(r.payload + r.payload_len == end);
-        check_reencode(&r);
+        check_call(&r, body, end);
         break;
     case AM_MSG_HELLO:
         CHECK(inside(r.role, r.role_len, body, end));
         CHECK(r.role_len >= 1 && r.role_len <= AM_MAX_ROLE);
-        CHECK(r.role + r.role_len == (const char *)end);
+        if (r.name) {
+            CHECK(inside(r.name, r.name_len, body, end));
+            CHECK(r.name_len >= 1 && r.name_len <= AM_MAX_PEER_NAME);
+            CHECK(r.name + r.name_len == (const char *)end);
+        } else {
+            CHECK(r.role + r.role_len == (const char *)end);
+        }
         break;
+    case AM_MSG_ACTORS:
     case AM_MSG_STATUS:
     case AM_MSG_MEMBERS:
     case AM_MSG_LEAVE:

@@ -22,7 +22,8 @@ Test(err, wire_statuses_keep_their_numbers)
     cr_assert_eq(AM_ST_SHUTTING_DOWN, 10);
     cr_assert_eq(AM_ST_INTERNAL, 11);
     cr_assert_eq(AM_ST_TIMEOUT, 12);
-    cr_assert_eq(AM_ST__COUNT, 13);
+    cr_assert_eq(AM_ST_UNAVAILABLE, 13);
+    cr_assert_eq(AM_ST__COUNT, 14);
     cr_assert_eq(AM_EPROTO, -1001);
     cr_assert_eq(AM_ETIMEOUT, -1012);
 }
@@ -138,7 +139,7 @@ Test(err, retryable_statuses_are_exactly_the_transient_ones)
 {
     for (int st = -1; st <= AM_ST__COUNT; st++) {
         int want = st == AM_ST_BUSY || st == AM_ST_OVERLOADED || st == AM_ST_SHUTTING_DOWN ||
-                   st == AM_ST_TIMEOUT;
+                   st == AM_ST_TIMEOUT || st == AM_ST_UNAVAILABLE;
         cr_assert_eq(am_status_retryable(st), want, "status %d (%s)", st, am_status_name(st));
     }
 }

@@ -213,8 +213,8 @@ Test(proto, round_trips_members_leave_and_sync)
     struct am_buf out;
     size_t len;
     struct am_request r;
-    static const int kinds[] = {AM_MSG_MEMBERS, AM_MSG_LEAVE, AM_MSG_RING};
-    for (int k = 0; k < 3; k++) {
+    static const int kinds[] = {AM_MSG_MEMBERS, AM_MSG_LEAVE, AM_MSG_RING, AM_MSG_ACTORS};
+    for (int k = 0; k < 4; k++) {
         am_buf_init(&out);
         cr_assert_eq(am_encode_simple(&out, kinds[k], 9), 0);
         const uint8_t *body = one_frame(&out, &len);
@@ -238,6 +238,59 @@ Test(proto, round_trips_members_leave_and_sync)
     body = one_frame(&out, &len);
     cr_assert_eq(am_request_decode(&r, body, len), AM_EPROTO);
     am_buf_close(&out);
+}
+
+Test(proto, round_trips_a_peer_hello_and_forwards_of_calls_casts_and_forwards)
+{
+    struct am_buf out;
+    size_t len;
+    struct am_request r, f, g;
+    am_buf_init(&out);
+    cr_assert_eq(am_encode_hello_peer(&out, 0, "node-a"), 0);
+    const uint8_t *body = one_frame(&out, &len);
+    cr_assert_eq(am_request_decode(&r, body, len), 0);
+    cr_assert_eq(r.kind, AM_MSG_HELLO);
+    cr_assert(streq(r.role, r.role_len, "peer"));
+    cr_assert(streq(r.name, r.name_len, "node-a"));
+    am_buf_close(&out);
+
+    /* A client's CAST, forwarded: names and payload bytes unchanged. */
+    static const uint8_t payload[] = {0x92, 0x01, 0xa1, 'x'};
+    struct am_buf call;
+    am_buf_init(&call);
+    cr_assert_eq(am_encode_call(&call, AM_MSG_CAST, 77, "kv", 2, "k/1", 3, "put", 3, payload,
+                                sizeof payload),
+                 0);
+    body = one_frame(&call, &len);
+    cr_assert_eq(am_request_decode(&r, body, len), 0);
+    am_buf_init(&out);
+    cr_assert_eq(am_encode_forward(&out, (uint64_t)5 << 32 | 3, &r, 1, 0xfedcba9876543210ull), 0);
+    body = one_frame(&out, &len);
+    cr_assert_eq(am_request_decode(&f, body, len), 0);
+    cr_assert_eq(f.kind, AM_MSG_FORWARD);
+    cr_assert_eq(f.fwd_kind, AM_MSG_CAST);
+    cr_assert_eq(f.id, (uint64_t)5 << 32 | 3);
+    cr_assert_eq(f.hops, 1);
+    cr_assert_eq(f.ring_version, 0xfedcba9876543210ull);
+    cr_assert(streq(f.type, f.type_len, "kv"));
+    cr_assert(streq(f.actor, f.actor_len, "k/1"));
+    cr_assert(streq(f.action, f.action_len, "put"));
+    cr_assert_eq(f.payload_len, sizeof payload);
+    cr_assert_eq(memcmp(f.payload, payload, sizeof payload), 0);
+
+    /* Forwarded again: the kind stays the client's. */
+    struct am_buf again;
+    am_buf_init(&again);
+    cr_assert_eq(am_encode_forward(&again, 9, &f, 2, 1), 0);
+    body = one_frame(&again, &len);
+    cr_assert_eq(am_request_decode(&g, body, len), 0);
+    cr_assert_eq(g.fwd_kind, AM_MSG_CAST);
+    cr_assert_eq(g.hops, 2);
+    cr_assert_eq(g.payload_len, sizeof payload);
+    am_buf_close(&again);
+    am_buf_close(&out);
+    am_buf_close(&call);
+    CHECK_LEAKS();
 }
 
 Test(proto, round_trips_a_reply)
@@ -535,7 +588,7 @@ Test(proto, refuses_requests_of_the_wrong_arity_with_their_id)
         refused(&m, 1, "cast arity");
     }
     for (size_t n = 2; n <= 6; n++) {
-        if (n == 4)
+        if (n == 4 || n == 5)
             continue;
         msg_init(&m);
         head(&m, n, AM_MSG_HELLO, 1);
@@ -606,9 +659,28 @@ Test(proto, refuses_a_kind_or_id_that_is_not_an_unsigned_integer)
     refused(&m, 0, "float id");
 }
 
+Test(proto, refuses_a_forward_of_another_kind_or_too_many_hops)
+{
+    static const uint64_t bad[][2] = {{AM_MSG_STATUS, 1}, {AM_MSG_FORWARD, 1}, {0, 1},
+                                      {AM_MSG_CALL, 256}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct msg m;
+        msg_init(&m);
+        head(&m, 9, AM_MSG_FORWARD, 5);
+        msgpack_pack_uint64(&m.pk, bad[i][0]);
+        msgpack_pack_uint64(&m.pk, bad[i][1]);
+        msgpack_pack_uint64(&m.pk, 0);
+        str(&m, "counter");
+        str(&m, "c");
+        str(&m, "add");
+        msgpack_pack_nil(&m.pk);
+        refused(&m, 1, "forward");
+    }
+}
+
 Test(proto, refuses_unknown_kinds_with_their_id)
 {
-    static const uint64_t kinds[] = {8, 9, 127, AM_MSG_REPLY, 255, 256, UINT32_MAX, UINT64_MAX};
+    static const uint64_t kinds[] = {10, 11, 127, AM_MSG_REPLY, 255, 256, UINT32_MAX, UINT64_MAX};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         struct msg m;
         msg_init(&m);
@@ -909,6 +981,10 @@ static int check_request(const uint8_t *in, size_t n)
 #define INSIDE(ptr, len)                                                                           \
     cr_assert((const uint8_t *)(ptr) >= in && (const uint8_t *)(ptr) + (len) <= end)
     switch (r.kind) {
+    case AM_MSG_FORWARD:
+        cr_assert(r.fwd_kind == AM_MSG_CALL || r.fwd_kind == AM_MSG_CAST);
+        cr_assert(r.hops <= 255);
+        /* fall through */
     case AM_MSG_CALL:
     case AM_MSG_CAST:
         INSIDE(r.type, r.type_len);
@@ -924,7 +1000,12 @@ static int check_request(const uint8_t *in, size_t n)
     case AM_MSG_HELLO:
         INSIDE(r.role, r.role_len);
         cr_assert(r.role_len >= 1 && r.role_len <= AM_MAX_ROLE);
+        if (r.name) {
+            INSIDE(r.name, r.name_len);
+            cr_assert(r.name_len >= 1 && r.name_len <= AM_MAX_PEER_NAME);
+        }
         break;
+    case AM_MSG_ACTORS:
     case AM_MSG_STATUS:
     case AM_MSG_MEMBERS:
     case AM_MSG_LEAVE:
