@@ -1,0 +1,703 @@
+/* test_routing.c - calls routed to the owner between real `amesh node`
+ * processes on 127.0.7.x:
+ *
+ *   - five nodes, 10,000 counters added to through randomly chosen nodes:
+ *     every final value equals the acknowledged adds, and every active actor
+ *     lives on exactly one node, the owner by the ring;
+ *   - a peer stopped with SIGSTOP: the sender's memory stays bounded under a
+ *     flood, calls to the stopped node's actors fail with retryable errors
+ *     by the forward timeout, calls to other actors keep being answered;
+ *   - a malformed frame on a peer stream closes that stream only; a client
+ *     cannot pose as a peer (FORWARD on a client connection, a peer HELLO
+ *     from the wrong address or with a name outside the view).
+ *
+ * The test speaks the protocol itself over plain sockets (pipelined batches
+ * of frames), so it can also bind a chosen source address. */
+#include "proc.h"
+#include "view.h"
+
+#include "buf.h"
+#include "err.h"
+#include "mp.h"
+#include "proto.h"
+#include "ring.h"
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <errno.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAX_NODES 5
+#define IO_TIMEOUT_MS 20000
+
+static struct {
+    char dir[256];
+    struct proc_node nodes[MAX_NODES];
+    char names[MAX_NODES][16];
+    int stopped; /* index of a SIGSTOPped node to resume at teardown, or -1 */
+} w;
+
+static void setup(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    memset(&w, 0, sizeof w);
+    w.stopped = -1;
+    int rc = proc_tmpdir(w.dir, sizeof w.dir, "routing");
+    cr_assert_eq(rc, 0, "mkdtemp: %s", strerror(-rc));
+}
+
+static void teardown(void)
+{
+    if (w.stopped >= 0 && w.nodes[w.stopped].pid > 0)
+        kill(w.nodes[w.stopped].pid, SIGCONT);
+    for (int i = 0; i < MAX_NODES; i++)
+        proc_node_cleanup(&w.nodes[i]);
+    proc_rmtree(w.dir);
+}
+
+TestSuite(routing, .init = setup, .fini = teardown);
+
+/* ---- nodes ------------------------------------------------------------- */
+
+static void node_start(int i, const char *timeout_ms)
+{
+    char addr[32], data[512], log[512];
+    snprintf(w.names[i], sizeof w.names[i], "n%d", i);
+    snprintf(addr, sizeof addr, "127.0.7.%d:7946", i + 1);
+    snprintf(data, sizeof data, "%s/%s", w.dir, w.names[i]);
+    snprintf(log, sizeof log, "%s/%s.log", w.dir, w.names[i]);
+    proc_node_init(&w.nodes[i], addr, data, log);
+    const char *extra[] = {"--name",         w.names[i], "--idle-timeout", "600000",
+                           "--forward-timeout", timeout_ms, i ? "--join" : NULL,
+                           w.nodes[0].addr,  NULL};
+    char why[1600];
+    int rc = proc_node_start(&w.nodes[i], extra, why, sizeof why);
+    cr_assert_eq(rc, 0, "%s: %s", w.names[i], why);
+}
+
+static void node_stop_ok(int i)
+{
+    char tail[1024] = "";
+    int code = proc_node_stop(&w.nodes[i], 20000);
+    if (code != 0)
+        proc_log_tail(w.nodes[i].log, tail, sizeof tail);
+    cr_assert_eq(code, 0, "%s exited with %d after SIGTERM; log ends:\n%s", w.names[i], code, tail);
+}
+
+static json_t *status_of(int i)
+{
+    return view_query(w.nodes[i].addr, AM_MSG_STATUS, NULL, 5000);
+}
+
+static uint64_t stat_u64(json_t *st, const char *map, const char *key)
+{
+    return (uint64_t)json_integer_value(json_object_get(json_object_get(st, map), key));
+}
+
+/* Starts n nodes (all joining node 0) and waits until every one has built
+ * the same ring of n members. */
+static void cluster_start(int n, const char *timeout_ms)
+{
+    for (int i = 0; i < n; i++)
+        node_start(i, timeout_ms);
+    int64_t deadline = proc_now_ms() + 30000;
+    for (;;) {
+        char first[32] = "";
+        int agree = 1;
+        for (int i = 0; i < n && agree; i++) {
+            json_t *st = status_of(i);
+            json_t *ring = json_object_get(st, "ring");
+            const char *v = json_string_value(json_object_get(ring, "version"));
+            agree = v && json_integer_value(json_object_get(ring, "members")) == n &&
+                    (i == 0 || strcmp(first, v) == 0);
+            if (v && i == 0)
+                snprintf(first, sizeof first, "%s", v);
+            json_decref(st);
+        }
+        if (agree)
+            return;
+        cr_assert(proc_now_ms() < deadline, "the %d nodes did not build one ring in 30 s", n);
+        proc_sleep_ms(100);
+    }
+}
+
+/* The ring every node builds from names n0 .. n(count-1). */
+static struct am_ring *ring_of(int count)
+{
+    const char *names[MAX_NODES];
+    for (int i = 0; i < count; i++)
+        names[i] = w.names[i];
+    struct am_ring *r;
+    cr_assert_eq(am_ring_build(&r, names, (size_t)count, AM_RING_VNODES), 0);
+    return r;
+}
+
+/* Index (in w.names) of the owner of counter/id. */
+static int owner_of(const struct am_ring *r, const char *id)
+{
+    int o = am_ring_owner(r, am_ring_key("counter", 7, id, strlen(id)));
+    const char *name = am_ring_member(r, o);
+    return atoi(name + 1);
+}
+
+/* ---- a raw protocol connection ------------------------------------------ */
+
+struct rconn {
+    int fd;
+    struct am_buf in;
+    size_t used; /* bytes of in taken by the last reply returned */
+};
+
+static int parse_addr(const char *s, struct sockaddr_in *sa)
+{
+    char host[32];
+    const char *colon = strrchr(s, ':');
+    if (!colon || (size_t)(colon - s) >= sizeof host)
+        return -EINVAL;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    memset(sa, 0, sizeof *sa);
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)atoi(colon + 1));
+    return inet_pton(AF_INET, host, &sa->sin_addr) == 1 ? 0 : -EINVAL;
+}
+
+/* Connects to addr, from src_ip when given. */
+static void rconn_open(struct rconn *c, const char *addr, const char *src_ip)
+{
+    struct sockaddr_in sa, src;
+    memset(c, 0, sizeof *c);
+    am_buf_init(&c->in);
+    cr_assert_eq(parse_addr(addr, &sa), 0);
+    c->fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert(c->fd >= 0);
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (src_ip) {
+        memset(&src, 0, sizeof src);
+        src.sin_family = AF_INET;
+        cr_assert_eq(inet_pton(AF_INET, src_ip, &src.sin_addr), 1);
+        cr_assert_eq(bind(c->fd, (struct sockaddr *)&src, sizeof src), 0, "bind %s: %s", src_ip,
+                     strerror(errno));
+    }
+    cr_assert_eq(connect(c->fd, (struct sockaddr *)&sa, sizeof sa), 0, "connect %s: %s", addr,
+                 strerror(errno));
+}
+
+static void rconn_close(struct rconn *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    am_buf_close(&c->in);
+}
+
+/* Sends all of b (then empties it). 0 or a negated errno. */
+static int rconn_send(struct rconn *c, struct am_buf *b)
+{
+    size_t off = 0;
+    while (off < b->len) {
+        struct pollfd p = {.fd = c->fd, .events = POLLOUT};
+        if (poll(&p, 1, IO_TIMEOUT_MS) <= 0)
+            return -ETIMEDOUT;
+        ssize_t n = send(c->fd, b->data + off, b->len - off, MSG_NOSIGNAL);
+        if (n < 0 && errno != EINTR && errno != EAGAIN)
+            return -errno;
+        if (n > 0)
+            off += (size_t)n;
+    }
+    b->len = 0;
+    return 0;
+}
+
+/* The next reply, its body pointing into c->in until the next call.
+ * 0, -ETIMEDOUT, -EPIPE (closed by the node) or AM_EPROTO. */
+static int rconn_reply(struct rconn *c, struct am_reply *r, int timeout_ms)
+{
+    am_buf_consume(&c->in, c->used);
+    c->used = 0;
+    int64_t deadline = proc_now_ms() + timeout_ms;
+    for (;;) {
+        const uint8_t *body;
+        size_t blen;
+        long n = am_frame_next(c->in.data, c->in.len, 64u << 20, &body, &blen);
+        if (n < 0)
+            return AM_EPROTO;
+        if (n > 0) {
+            c->used = (size_t)n;
+            return am_reply_decode(r, body, blen);
+        }
+        int left = (int)(deadline - proc_now_ms());
+        if (left <= 0)
+            return -ETIMEDOUT;
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        if (poll(&p, 1, left) <= 0)
+            continue;
+        if (am_buf_reserve(&c->in, 65536))
+            return -ENOMEM;
+        ssize_t got = recv(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len, 0);
+        if (got == 0 || (got < 0 && errno == ECONNRESET))
+            return -EPIPE;
+        if (got > 0)
+            c->in.len += (size_t)got;
+    }
+}
+
+/* True when the node closes the connection within timeout_ms (replies
+ * before the close are skipped). */
+static int rconn_closed_by_node(struct rconn *c, int timeout_ms)
+{
+    struct am_reply r;
+    int64_t deadline = proc_now_ms() + timeout_ms;
+    while (proc_now_ms() < deadline) {
+        int rc = rconn_reply(c, &r, (int)(deadline - proc_now_ms()));
+        if (rc == -EPIPE)
+            return 1;
+        if (rc == -ETIMEDOUT)
+            return 0;
+    }
+    return 0;
+}
+
+static void rconn_hello(struct rconn *c, const char *peer_name, int want_status)
+{
+    struct am_buf b;
+    struct am_reply r;
+    am_buf_init(&b);
+    if (peer_name)
+        cr_assert_eq(am_encode_hello_peer(&b, 1, peer_name), 0);
+    else
+        cr_assert_eq(am_encode_hello(&b, 1, "client"), 0);
+    cr_assert_eq(rconn_send(c, &b), 0);
+    cr_assert_eq(rconn_reply(c, &r, IO_TIMEOUT_MS), 0);
+    cr_assert_eq(r.id, 1);
+    cr_assert_eq(r.status, want_status, "HELLO answered %s", am_status_name(r.status));
+    am_buf_close(&b);
+}
+
+static void encode_counter(struct am_buf *b, uint64_t id, const char *actor, const char *action,
+                           int64_t n)
+{
+    uint8_t payload[16];
+    struct am_buf pb;
+    msgpack_packer pk;
+    am_buf_init(&pb);
+    am_mp_packer_init(&pk, &pb);
+    cr_assert_eq(msgpack_pack_int64(&pk, n), 0);
+    memcpy(payload, pb.data, pb.len);
+    cr_assert_eq(am_encode_call(b, AM_MSG_CALL, id, "counter", 7, actor, strlen(actor), action,
+                                strlen(action), payload, pb.len),
+                 0);
+    am_buf_close(&pb);
+}
+
+static int64_t reply_int(const struct am_reply *r)
+{
+    int64_t v = -1;
+    const uint8_t *p = r->body;
+    cr_assert_eq(am_mp_read_int(&p, r->body + r->body_len, &v), 0, "reply is not an integer");
+    return v;
+}
+
+/* ---- 1 and 2: many counters through random nodes ------------------------ */
+
+#define COUNTERS 10000
+#define ADDS 30000
+#define BATCH 600
+
+Test(routing, ten_thousand_counters_through_random_nodes_count_every_acknowledged_add,
+     .timeout = 280)
+{
+    const int n = 5;
+    cluster_start(n, "5000");
+    struct rconn conns[MAX_NODES];
+    for (int i = 0; i < n; i++) {
+        rconn_open(&conns[i], w.nodes[i].addr, NULL);
+        rconn_hello(&conns[i], NULL, AM_ST_OK);
+    }
+    static uint32_t acked[COUNTERS], which[ADDS];
+    static uint64_t errors[AM_ST__COUNT];
+    memset(acked, 0, sizeof acked);
+    struct am_buf out[MAX_NODES];
+    for (int i = 0; i < n; i++)
+        am_buf_init(&out[i]);
+    srand(7);
+    /* Adds in pipelined batches: each request goes to a random node; the
+     * request id is the add's index. */
+    for (int base = 0; base < ADDS; base += BATCH) {
+        int sent[MAX_NODES] = {0};
+        for (int k = base; k < base + BATCH && k < ADDS; k++) {
+            int node = rand() % n;
+            which[k] = (uint32_t)(rand() % COUNTERS);
+            char id[16];
+            snprintf(id, sizeof id, "c%u", which[k]);
+            encode_counter(&out[node], (uint64_t)k, id, "add", 1);
+            sent[node]++;
+        }
+        for (int i = 0; i < n; i++)
+            cr_assert_eq(rconn_send(&conns[i], &out[i]), 0);
+        for (int i = 0; i < n; i++) {
+            for (int j = 0; j < sent[i]; j++) {
+                struct am_reply r;
+                cr_assert_eq(rconn_reply(&conns[i], &r, IO_TIMEOUT_MS), 0, "no reply from n%d", i);
+                cr_assert(r.id < (uint64_t)ADDS);
+                if (r.status == AM_ST_OK)
+                    acked[which[r.id]]++;
+                else
+                    errors[r.status < AM_ST__COUNT ? r.status : 0]++;
+            }
+        }
+    }
+    uint64_t failed = 0;
+    for (int s = 0; s < AM_ST__COUNT; s++) {
+        failed += errors[s];
+        if (errors[s])
+            cr_log_info("adds answered %s: %llu", am_status_name(s),
+                        (unsigned long long)errors[s]);
+        cr_assert(errors[s] == 0 || am_status_retryable(s), "adds failed with %s",
+                  am_status_name(s));
+    }
+    /* Every counter read back through a random node. */
+    uint64_t mismatches = 0;
+    for (int base = 0; base < COUNTERS; base += BATCH) {
+        int sent[MAX_NODES] = {0};
+        for (int k = base; k < base + BATCH && k < COUNTERS; k++) {
+            int node = rand() % n;
+            char id[16];
+            snprintf(id, sizeof id, "c%d", k);
+            encode_counter(&out[node], (uint64_t)k, id, "get", 0);
+            sent[node]++;
+        }
+        for (int i = 0; i < n; i++)
+            cr_assert_eq(rconn_send(&conns[i], &out[i]), 0);
+        for (int i = 0; i < n; i++) {
+            for (int j = 0; j < sent[i]; j++) {
+                struct am_reply r;
+                cr_assert_eq(rconn_reply(&conns[i], &r, IO_TIMEOUT_MS), 0);
+                cr_assert_eq(r.status, AM_ST_OK, "get c%llu: %s", (unsigned long long)r.id,
+                             am_status_name(r.status));
+                int64_t v = reply_int(&r);
+                if (v != (int64_t)acked[r.id] && mismatches++ < 5)
+                    cr_log_error("c%llu is %lld, acknowledged adds %u", (unsigned long long)r.id,
+                                 (long long)v, acked[r.id]);
+            }
+        }
+    }
+    cr_assert_eq(mismatches, 0, "%llu counters differ from their acknowledged adds",
+                 (unsigned long long)mismatches);
+    for (int i = 0; i < n; i++) {
+        rconn_close(&conns[i]);
+        am_buf_close(&out[i]);
+    }
+
+    /* Point 2: every counter is active on exactly one node, its owner. */
+    struct am_ring *ring = ring_of(n);
+    static uint8_t seen[COUNTERS];
+    memset(seen, 0, sizeof seen);
+    uint64_t forwarded = 0;
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        json_t *a = view_query(w.nodes[i].addr, AM_MSG_ACTORS, NULL, 10000);
+        cr_assert_not_null(a, "ACTORS from n%d", i);
+        cr_assert(json_is_false(json_object_get(a, "truncated")));
+        json_t *keys = json_object_get(a, "keys"), *k;
+        size_t idx;
+        json_array_foreach(keys, idx, k)
+        {
+            const char *key = json_string_value(k);
+            cr_assert(key && strncmp(key, "counter/c", 9) == 0, "unexpected actor %s", key);
+            int c = atoi(key + 9);
+            cr_assert(c >= 0 && c < COUNTERS);
+            cr_assert_eq(seen[c], 0, "%s is active on two nodes", key);
+            seen[c] = 1;
+            cr_assert_eq(owner_of(ring, key + 8), i, "%s is active on n%d, not on its owner", key,
+                         i);
+        }
+        total += json_array_size(keys);
+        json_decref(a);
+        json_t *st = status_of(i);
+        forwarded += stat_u64(st, "routing", "forwarded");
+        cr_assert_eq(stat_u64(st, "routing", "hop_limited"), 0);
+        json_decref(st);
+    }
+    cr_assert_eq(total, COUNTERS, "%zu actors active over the nodes, want %d", total, COUNTERS);
+    /* Four in five requests went to a node that does not own the actor. */
+    cr_assert(forwarded > (ADDS + COUNTERS) / 2, "only %llu calls forwarded",
+              (unsigned long long)forwarded);
+    cr_log_info("acknowledged adds %d of %d; forwarded %llu", ADDS - (int)failed, ADDS,
+                (unsigned long long)forwarded);
+    am_ring_free(ring);
+    for (int i = n - 1; i >= 0; i--)
+        node_stop_ok(i);
+}
+
+/* ---- 4: a peer that stops reading ---------------------------------------- */
+
+struct rss_watch {
+    pid_t pid;
+    volatile int stop;
+    long long max;
+};
+
+static void *watch_rss(void *arg)
+{
+    struct rss_watch *rw = arg;
+    while (!rw->stop) {
+        long long v = proc_rss(rw->pid);
+        if (v > rw->max)
+            rw->max = v;
+        proc_sleep_ms(20);
+    }
+    return NULL;
+}
+
+/* The first count counter ids owned by node `owner`, as "cN" strings. */
+static void ids_owned_by(const struct am_ring *r, int owner, char ids[][16], int count)
+{
+    for (int k = 0, found = 0; found < count; k++) {
+        snprintf(ids[found], 16, "c%d", k);
+        if (owner_of(r, ids[found]) == owner)
+            found++;
+    }
+}
+
+Test(routing, a_stopped_peer_costs_bounded_memory_and_retryable_errors, .timeout = 200)
+{
+    const int n = 3;
+    const int timeout_ms = 1500;
+    cluster_start(n, "1500");
+    struct am_ring *ring = ring_of(n);
+    char stuck[64][16], live[64][16];
+    ids_owned_by(ring, 2, stuck, 64);
+    ids_owned_by(ring, 1, live, 64);
+    /* Streams exist before the stop, as in a running cluster. */
+    struct rconn c;
+    rconn_open(&c, w.nodes[0].addr, NULL);
+    rconn_hello(&c, NULL, AM_ST_OK);
+    struct am_buf out;
+    am_buf_init(&out);
+    encode_counter(&out, 1, stuck[0], "add", 1);
+    encode_counter(&out, 2, live[0], "add", 1);
+    cr_assert_eq(rconn_send(&c, &out), 0);
+    for (int j = 0; j < 2; j++) {
+        struct am_reply r;
+        cr_assert_eq(rconn_reply(&c, &r, IO_TIMEOUT_MS), 0);
+        cr_assert_eq(r.status, AM_ST_OK);
+    }
+    long long rss0 = proc_rss(w.nodes[0].pid);
+    cr_assert(rss0 > 0);
+
+    cr_assert_eq(kill(w.nodes[2].pid, SIGSTOP), 0);
+    w.stopped = 2;
+    int64_t t0 = proc_now_ms();
+    /* A flood through n0: 8 connections x 64 in flight of 64 KiB echoes over
+     * actors of every node, for 3 s, while the memory of n0 is watched. */
+    struct rss_watch rw = {.pid = w.nodes[0].pid, .max = rss0};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, watch_rss, &rw), 0);
+    struct proc_result br;
+    int rc = proc_runl(&br, 60000, "bench", "--node", w.nodes[0].addr, "--type", "echo",
+                       "--action", "echo", "--payload", "65536", "--actors", "300",
+                       "--connections", "8", "--pipeline", "64", "--duration", "3", "--warmup",
+                       "0", "--json", (char *)NULL);
+    /* Meanwhile is over; now calls one at a time: to the stopped node's
+     * actors (each must fail, retryably, within the timeout and a margin)
+     * and to the others (each answered at once). */
+    int64_t worst_live = 0, worst_stuck = 0;
+    int stuck_failed = 0;
+    for (int k = 1; k < 6; k++) {
+        struct am_reply r;
+        int64_t s = proc_now_ms();
+        encode_counter(&out, 100 + (uint64_t)k, stuck[k], "add", 1);
+        cr_assert_eq(rconn_send(&c, &out), 0);
+        cr_assert_eq(rconn_reply(&c, &r, timeout_ms + 2000), 0, "no answer for %s", stuck[k]);
+        cr_assert(r.status != AM_ST_OK && am_status_retryable(r.status),
+                  "a call to the stopped node's actor answered %s", am_status_name(r.status));
+        stuck_failed++;
+        if (proc_now_ms() - s > worst_stuck)
+            worst_stuck = proc_now_ms() - s;
+        s = proc_now_ms();
+        encode_counter(&out, 200 + (uint64_t)k, live[k], "add", 1);
+        cr_assert_eq(rconn_send(&c, &out), 0);
+        cr_assert_eq(rconn_reply(&c, &r, IO_TIMEOUT_MS), 0);
+        cr_assert_eq(r.status, AM_ST_OK, "a call to n1's actor answered %s",
+                     am_status_name(r.status));
+        if (proc_now_ms() - s > worst_live)
+            worst_live = proc_now_ms() - s;
+    }
+    rw.stop = 1;
+    pthread_join(th, NULL);
+    int64_t stopped_for = proc_now_ms() - t0;
+    json_t *st = status_of(0);
+    cr_assert_eq(kill(w.nodes[2].pid, SIGCONT), 0);
+    w.stopped = -1;
+
+    cr_assert_eq(rc, 0, "bench did not run");
+    cr_assert_eq(br.code, 0, "bench: %s", br.err);
+    json_t *bj = json_loads(br.out, 0, NULL);
+    cr_assert_not_null(bj, "bench printed no JSON: %s", br.out);
+    long long ok = json_integer_value(json_object_get(bj, "requests"));
+    long long errs = json_integer_value(json_object_get(bj, "errors"));
+    json_t *by = json_object_get(bj, "errors_by_status"), *v;
+    const char *kname;
+    json_object_foreach(by, kname, v)
+    {
+        int retryable = strcmp(kname, "timeout") == 0 || strcmp(kname, "unavailable") == 0 ||
+                        strcmp(kname, "overloaded") == 0;
+        cr_assert(retryable || json_integer_value(v) == 0, "bench saw %lld %s errors",
+                  (long long)json_integer_value(v), kname);
+    }
+    cr_assert(ok > 0, "no call was answered during the stop");
+    cr_assert(errs > 0, "no call to the stopped node failed");
+    uint64_t refused = stat_u64(st, "routing", "refused");
+    uint64_t timeouts = stat_u64(st, "routing", "timeouts");
+    long long growth = rw.max - rss0;
+    cr_log_info("stopped %lld ms: bench ok %lld, errors %lld (refused %llu, timeouts %llu); n0 "
+                "RSS %lld -> max %lld KiB; slowest stuck call %lld ms, slowest live call %lld ms",
+                (long long)stopped_for, ok, errs, (unsigned long long)refused,
+                (unsigned long long)timeouts, rss0 / 1024, rw.max / 1024, (long long)worst_stuck,
+                (long long)worst_live);
+    /* The bound: 16 MiB queued per peer (a buffer may hold twice that while
+     * it grows), the write in progress, and the clients' own buffers. */
+    cr_assert(growth < 160ll << 20, "n0 grew by %lld MiB while its peer was stopped",
+              growth >> 20);
+    cr_assert(worst_stuck <= timeout_ms + 1500, "a stuck call took %lld ms", (long long)worst_stuck);
+    cr_assert(worst_live < timeout_ms, "a call to a live node took %lld ms", (long long)worst_live);
+    cr_assert_eq(stuck_failed, 5);
+    json_decref(bj);
+    json_decref(st);
+    proc_result_free(&br);
+    rconn_close(&c);
+    am_buf_close(&out);
+    am_ring_free(ring);
+    for (int i = n - 1; i >= 0; i--)
+        node_stop_ok(i);
+}
+
+/* ---- 5: peer streams are for peers --------------------------------------- */
+
+static void encode_forward(struct am_buf *b, uint64_t id, const char *actor)
+{
+    struct am_buf call;
+    struct am_request req;
+    const uint8_t *body;
+    size_t blen;
+    am_buf_init(&call);
+    encode_counter(&call, id, actor, "add", 1);
+    cr_assert(am_frame_next(call.data, call.len, call.len, &body, &blen) > 0);
+    cr_assert_eq(am_request_decode(&req, body, blen), 0);
+    cr_assert_eq(am_encode_forward(b, id, &req, 1, 0), 0);
+    am_buf_close(&call);
+}
+
+static int64_t counter_get(struct rconn *c, const char *actor)
+{
+    struct am_buf out;
+    struct am_reply r;
+    am_buf_init(&out);
+    encode_counter(&out, 77, actor, "get", 0);
+    cr_assert_eq(rconn_send(c, &out), 0);
+    cr_assert_eq(rconn_reply(c, &r, IO_TIMEOUT_MS), 0);
+    cr_assert_eq(r.status, AM_ST_OK);
+    am_buf_close(&out);
+    return reply_int(&r);
+}
+
+Test(routing, a_malformed_peer_frame_closes_that_stream_only_and_clients_cannot_pose_as_peers,
+     .timeout = 120)
+{
+    const int n = 3;
+    cluster_start(n, "5000");
+    struct am_ring *ring = ring_of(n);
+    char mine[2][16], far[1][16];
+    ids_owned_by(ring, 0, mine, 2);
+    ids_owned_by(ring, 2, far, 1);
+    struct am_buf b;
+    struct am_reply r;
+    am_buf_init(&b);
+
+    /* The real stream n1 -> n0 works before, and is counted. */
+    struct rconn via1;
+    rconn_open(&via1, w.nodes[1].addr, NULL);
+    rconn_hello(&via1, NULL, AM_ST_OK);
+    encode_counter(&b, 5, mine[0], "add", 1);
+    cr_assert_eq(rconn_send(&via1, &b), 0);
+    cr_assert_eq(rconn_reply(&via1, &r, IO_TIMEOUT_MS), 0);
+    cr_assert_eq(r.status, AM_ST_OK);
+    json_t *st = status_of(1);
+    uint64_t connects = stat_u64(st, "routing", "connects");
+    json_decref(st);
+
+    /* A client that sends FORWARD: refused, closed, no effect. */
+    struct rconn cl;
+    rconn_open(&cl, w.nodes[0].addr, NULL);
+    rconn_hello(&cl, NULL, AM_ST_OK);
+    encode_forward(&b, 9, mine[1]);
+    cr_assert_eq(rconn_send(&cl, &b), 0);
+    cr_assert_eq(rconn_reply(&cl, &r, IO_TIMEOUT_MS), 0);
+    cr_assert_eq(r.status, AM_ST_BAD_REQUEST);
+    cr_assert(rconn_closed_by_node(&cl, 5000), "a client's FORWARD did not close its connection");
+    rconn_close(&cl);
+
+    /* A peer HELLO naming a member, from another address; and one naming
+     * no member: both refused and closed. */
+    rconn_open(&cl, w.nodes[0].addr, "127.0.0.1");
+    rconn_hello(&cl, "n1", AM_ST_BAD_REQUEST);
+    cr_assert(rconn_closed_by_node(&cl, 5000));
+    rconn_close(&cl);
+    rconn_open(&cl, w.nodes[0].addr, "127.0.7.9");
+    rconn_hello(&cl, "intruder", AM_ST_BAD_REQUEST);
+    cr_assert(rconn_closed_by_node(&cl, 5000));
+    rconn_close(&cl);
+    st = status_of(0);
+    cr_assert_eq(stat_u64(st, "clients", "peers_refused"), 2);
+    json_decref(st);
+
+    /* From n1's own address, a peer stream is taken: a FORWARD works (so the
+     * garbage below is judged as a peer's), then a malformed frame closes it. */
+    struct rconn fake;
+    rconn_open(&fake, w.nodes[0].addr, "127.0.7.2");
+    rconn_hello(&fake, "n1", AM_ST_OK);
+    encode_forward(&b, 11, mine[1]);
+    cr_assert_eq(rconn_send(&fake, &b), 0);
+    cr_assert_eq(rconn_reply(&fake, &r, IO_TIMEOUT_MS), 0);
+    cr_assert_eq(r.status, AM_ST_OK);
+    static const uint8_t garbage[] = {0, 0, 0, 3, 0xc1, 0xc1, 0xc1};
+    cr_assert_eq(am_buf_append(&b, garbage, sizeof garbage), 0);
+    cr_assert_eq(rconn_send(&fake, &b), 0);
+    cr_assert(rconn_closed_by_node(&fake, 5000), "a malformed peer frame left the stream open");
+    rconn_close(&fake);
+
+    /* Everything else still works: n1's real stream to n0 was not touched
+     * (no new connection), a client of n0 reaches n2's actors. */
+    cr_assert_eq(counter_get(&via1, mine[0]), 1);
+    /* 1: the peer stream's FORWARD counted, the client's did not */
+    cr_assert_eq(counter_get(&via1, mine[1]), 1);
+    st = status_of(1);
+    cr_assert_eq(stat_u64(st, "routing", "connects"), connects);
+    cr_assert_eq(stat_u64(st, "routing", "stream_errors"), 0);
+    json_decref(st);
+    rconn_open(&cl, w.nodes[0].addr, NULL);
+    rconn_hello(&cl, NULL, AM_ST_OK);
+    cr_assert_eq(counter_get(&cl, far[0]), 0);
+    rconn_close(&cl);
+    rconn_close(&via1);
+    st = status_of(0);
+    cr_assert(stat_u64(st, "clients", "bad_frames") >= 2);
+    json_decref(st);
+    am_buf_close(&b);
+    am_ring_free(ring);
+    for (int i = n - 1; i >= 0; i--)
+        node_stop_ok(i);
+}
