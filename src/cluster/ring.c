@@ -15,7 +15,16 @@
  *
  * Lookup (twemproxy's ketama): the owner of key k is the member of the first
  * point with hash >= k, wrapping to the first point when k is past the last.
- * A member thus owns the arc (previous point, its point]. */
+ * A member thus owns the arc (previous point, its point].
+ *
+ * Buckets: the top INDEX_BITS bits of a key name its bucket. index[b] is the
+ * position of the first point whose bucket is >= b (index[1 << INDEX_BITS]
+ * = npoints), and direct[b] the owner of every key of bucket b when the
+ * bucket holds no point (they all fall to the same next point), else MIXED.
+ * A lookup is then one load from direct most of the time (3 x 2048 points
+ * leave 91% of 65,536 buckets empty), else a binary search within the
+ * bucket; a search over the whole table cost two cache misses per call in
+ * profiles of routed calls. 384 KiB per ring. */
 #include "ring.h"
 
 #include "mem.h"
@@ -26,6 +35,9 @@
 #include <string.h>
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
 #include <xxhash.h>
+
+#define INDEX_BITS 16
+#define MIXED UINT16_MAX /* direct[]: the bucket holds points; search it */
 
 struct point {
     uint64_t hash;
@@ -38,6 +50,8 @@ struct am_ring {
     unsigned vnodes;
     struct point *points; /* count * vnodes, sorted */
     size_t npoints;
+    uint32_t *index;  /* (1 << INDEX_BITS) + 1 positions into points */
+    uint16_t *direct; /* 1 << INDEX_BITS owners, or MIXED */
     uint64_t version;
 };
 
@@ -64,6 +78,15 @@ uint64_t am_ring_point(const char *name, size_t len, uint32_t i)
 
 uint64_t am_ring_key(const char *type, size_t tlen, const char *id, size_t ilen)
 {
+    /* One shot over a copy when it fits (every key within the protocol's
+     * name limits does): the same hash as the stream below, in less time. */
+    char buf[512];
+    if (tlen + 1 + ilen <= sizeof buf) {
+        memcpy(buf, type, tlen);
+        buf[tlen] = '/';
+        memcpy(buf + tlen + 1, id, ilen);
+        return XXH3_64bits(buf, tlen + 1 + ilen);
+    }
     XXH3_state_t st;
     XXH3_INITSTATE(&st);
     XXH3_64bits_reset(&st);
@@ -112,7 +135,8 @@ static uint64_t version_of(char *const *names, size_t count, unsigned vnodes)
 int am_ring_build(struct am_ring **out, const char *const *names, size_t n, unsigned vnodes)
 {
     *out = NULL;
-    if (vnodes == 0 || vnodes > AM_RING_MAX_VNODES || n > AM_RING_MAX_MEMBERS || (n > 0 && !names))
+    if (vnodes == 0 || vnodes > AM_RING_MAX_VNODES || n > AM_RING_MAX_MEMBERS || (n > 0 && !names) ||
+        (uint64_t)n * vnodes >= UINT32_MAX) /* positions in index are 32-bit */
         return -EINVAL;
     for (size_t i = 0; i < n; i++) {
         if (!names[i] || names[i][0] == '\0' || strlen(names[i]) > AM_RING_MAX_NAME)
@@ -123,6 +147,10 @@ int am_ring_build(struct am_ring **out, const char *const *names, size_t n, unsi
     if (!r)
         return -ENOMEM;
     r->vnodes = vnodes;
+    r->index = am_malloc(((1u << INDEX_BITS) + 1) * sizeof *r->index);
+    r->direct = am_malloc((1u << INDEX_BITS) * sizeof *r->direct);
+    if (!r->index || !r->direct)
+        goto nomem;
     if (n > 0) {
         r->names = am_calloc(n, sizeof *r->names);
         r->points = am_malloc(n * vnodes * sizeof *r->points);
@@ -154,6 +182,19 @@ int am_ring_build(struct am_ring **out, const char *const *names, size_t n, unsi
     }
     if (r->npoints > 0)
         qsort(r->points, r->npoints, sizeof *r->points, cmp_point);
+    size_t pos = 0;
+    for (uint32_t b = 0; b < (1u << INDEX_BITS); b++) {
+        while (pos < r->npoints && (r->points[pos].hash >> (64 - INDEX_BITS)) < b)
+            pos++;
+        r->index[b] = (uint32_t)pos;
+    }
+    r->index[1u << INDEX_BITS] = (uint32_t)r->npoints;
+    for (uint32_t b = 0; b < (1u << INDEX_BITS); b++) {
+        size_t next = r->index[b] == r->npoints ? 0 : r->index[b];
+        r->direct[b] = r->npoints == 0 || r->index[b] != r->index[b + 1] || n >= MIXED
+                           ? MIXED
+                           : (uint16_t)r->points[next].member;
+    }
     r->version = version_of(r->names, n, vnodes);
     *out = r;
     return 0;
@@ -171,6 +212,8 @@ void am_ring_free(struct am_ring *r)
         am_free(r->names[i]);
     am_free(r->names);
     am_free(r->points);
+    am_free(r->index);
+    am_free(r->direct);
     am_free(r);
 }
 
@@ -216,7 +259,8 @@ int am_ring_find(const struct am_ring *r, const char *name)
  * npoints > 0. */
 static size_t first_at_or_after(const struct am_ring *r, uint64_t key)
 {
-    size_t lo = 0, hi = r->npoints;
+    size_t b = (size_t)(key >> (64 - INDEX_BITS));
+    size_t lo = r->index[b], hi = r->index[b + 1];
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         if (r->points[mid].hash < key)
@@ -229,6 +273,9 @@ static size_t first_at_or_after(const struct am_ring *r, uint64_t key)
 
 int am_ring_owner(const struct am_ring *r, uint64_t key)
 {
+    uint16_t d = r->direct[key >> (64 - INDEX_BITS)];
+    if (d != MIXED)
+        return d;
     if (r->npoints == 0)
         return -1;
     return (int)r->points[first_at_or_after(r, key)].member;

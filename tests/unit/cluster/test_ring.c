@@ -235,6 +235,42 @@ Test(ring, a_join_moves_about_one_eleventh_of_keys_all_to_the_newcomer)
     check_join(SHORT);
 }
 
+/* The owner found through the bucket index is the one a scan of every
+ * point gives: the member of the lowest point at or after the key, else of
+ * the lowest point of all (ties to the member first by name). */
+Test(ring, lookup_agrees_with_a_scan_of_every_point)
+{
+    const char *names[] = {"n0", "n1", "n2", "n3", "n4"};
+    const unsigned vnodes = 64; /* few points: many empty buckets */
+    struct am_ring *r;
+    cr_assert_eq(am_ring_build(&r, names, 5, vnodes), 0);
+    uint64_t seed = 12345;
+    for (int k = 0; k < 20000; k++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        uint64_t key = k == 0 ? 0 : k == 1 ? UINT64_MAX : seed;
+        uint64_t best = UINT64_MAX, low = UINT64_MAX;
+        int best_m = -1, low_m = -1;
+        for (int m = 0; m < 5; m++) {
+            int idx = am_ring_find(r, names[m]);
+            for (unsigned v = 0; v < vnodes; v++) {
+                uint64_t h = am_ring_point(names[m], 2, v);
+                if (h >= key && (best_m < 0 || h < best || (h == best && idx < best_m))) {
+                    best = h;
+                    best_m = idx;
+                }
+                if (low_m < 0 || h < low || (h == low && idx < low_m)) {
+                    low = h;
+                    low_m = idx;
+                }
+            }
+        }
+        int want = best_m >= 0 ? best_m : low_m;
+        cr_assert_eq(am_ring_owner(r, key), want, "key %016llx", (unsigned long long)key);
+    }
+    am_ring_free(r);
+    LEAK_CHECK();
+}
+
 Test(ring, successors_are_distinct_and_follow_the_owner)
 {
     char buf[10][32];
