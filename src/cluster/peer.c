@@ -89,6 +89,7 @@ struct am_peers {
     uv_timer_t timer;
     struct am_peers_opts o;
     char *name;
+    struct sockaddr_in source; /* o.source points here when given */
     uint8_t key[AM_KEY_BYTES];
     int keyed;
     struct am_peer *peers, *turn;
@@ -593,6 +594,10 @@ int am_peers_new(struct am_peers **out, uv_loop_t *loop, const struct am_peers_o
     ps->o = *o;
     ps->o.name = ps->name;
     ps->o.key = NULL;
+    if (o->source) {
+        ps->source = *o->source;
+        ps->o.source = &ps->source;
+    }
     if (o->key) {
         memcpy(ps->key, o->key, AM_KEY_BYTES);
         ps->keyed = 1;

@@ -45,7 +45,7 @@ typedef void (*am_peer_reply_fn)(void *ctx, uint64_t req_id, int status, const u
 
 struct am_peers_opts {
     const char *name;                 /* this node's name, sent in HELLO; copied */
-    const struct sockaddr_in *source; /* local address for outgoing streams, or NULL */
+    const struct sockaddr_in *source; /* local address for outgoing streams, or NULL; copied */
     const uint8_t *key;               /* 32-byte cluster key or NULL; copied */
     unsigned timeout_ms;              /* reply deadline of a forwarded call */
     unsigned max_pending;             /* calls waiting for replies, per peer */

@@ -569,9 +569,14 @@ Test(routing, a_stopped_peer_costs_bounded_memory_and_retryable_errors, .timeout
                 (unsigned long long)timeouts, rss0 / 1024, rw.max / 1024, (long long)worst_stuck,
                 (long long)worst_live);
     /* The bound: 16 MiB queued per peer (a buffer may hold twice that while
-     * it grows), the write in progress, and the clients' own buffers. */
-    cr_assert(growth < 160ll << 20, "n0 grew by %lld MiB while its peer was stopped",
-              growth >> 20);
+     * it grows), the write in progress, and the clients' own buffers. Under
+     * AddressSanitizer freed blocks wait in its quarantine (256 MiB by
+     * default) before they are reused, so the bound grows by that much. */
+    long long bound = 160ll << 20;
+#ifdef __SANITIZE_ADDRESS__
+    bound += 256ll << 20;
+#endif
+    cr_assert(growth < bound, "n0 grew by %lld MiB while its peer was stopped", growth >> 20);
     cr_assert(worst_stuck <= timeout_ms + 1500, "a stuck call took %lld ms", (long long)worst_stuck);
     cr_assert(worst_live < timeout_ms, "a call to a live node took %lld ms", (long long)worst_live);
     cr_assert_eq(stuck_failed, 5);
