@@ -307,11 +307,16 @@ static void flush(struct am_peer *p)
         return;
     struct am_buf *src = &p->out;
     if (p->sec_on) {
-        if (p->out.len && am_secure_out(&p->sec, p->out.data, p->out.len, &p->sealed)) {
-            stream_fail(p, AM_ST_UNAVAILABLE, 1, "out of memory sealing a record");
-            return;
+        /* Until the handshake completes the calls stay in p->out, where
+         * queued() counts them against max_out (am_secure_out would hold
+         * them in its own queue, up to AM_SEAL_QUEUE_MAX). */
+        if (p->out.len && am_secure_ready(&p->sec)) {
+            if (am_secure_out(&p->sec, p->out.data, p->out.len, &p->sealed)) {
+                stream_fail(p, AM_ST_UNAVAILABLE, 1, "out of memory sealing a record");
+                return;
+            }
+            p->out.len = 0;
         }
-        p->out.len = 0;
         src = &p->sealed;
     }
     if (src->len == 0)
@@ -425,6 +430,7 @@ static void process_input(struct am_peer *p)
         uint32_t i = (uint32_t)r.id, gen = (uint32_t)(r.id >> 32);
         if (i < p->nslots && p->slots[i].cb && p->slots[i].gen == gen) {
             ps->st.replies++;
+            p->backoff = 0; /* the stream works: its next failure starts the doubling again */
             complete(p, i, r.status, r.body, r.body_len);
         }
         /* else: the call already timed out; its late reply is dropped */
@@ -663,6 +669,16 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
         int rc = stream_start(p, err, errlen);
         if (rc)
             return rc;
+    }
+    if (p->pending == 0 && queued(p) >= ps->o.max_out) {
+        /* Every call timed out and the peer still does not take the bytes:
+         * the deadline sweep no longer watches this stream, so close it
+         * here (its buffers go with it) rather than refuse forever. */
+        stream_fail(p, AM_ST_UNAVAILABLE, 1, "took none of %zu bytes before its calls timed out",
+                    queued(p));
+        ps->st.refused++;
+        return am_errf(err, errlen, AM_EUNAVAIL, "owner %s (%s) is unreachable: %s; retry", p->name,
+                       p->addr, p->why);
     }
     if (p->pending >= ps->o.max_pending || queued(p) >= ps->o.max_out) {
         ps->st.refused++;

@@ -88,8 +88,10 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
  * AM_ST_UNAVAILABLE now rather than at their timeout. */
 void am_peers_drop(struct am_peers *ps, const char *name, const char *why);
 
-/* Fails every waiting call with AM_ST_SHUTTING_DOWN, closes every stream,
- * frees the set and calls done (may be NULL) once the handles are closed. */
+/* Refuses new calls (AM_ESHUTDOWN), lets the waiting ones end with their
+ * reply or their timeout, then closes every stream, frees the set and
+ * calls done (may be NULL) once its handles are closed. Not from inside a
+ * reply callback. */
 void am_peers_close(struct am_peers *ps, void (*done)(void *arg), void *arg);
 
 /* All zero for NULL (a node whose set is closed). */

@@ -300,6 +300,12 @@ static int route(void *arg, const struct am_request *r, am_reply_fn cb, void *ct
     if (owner == n->self_idx)
         return 0;
     const char *name = am_ring_member(n->ring, owner);
+    /* The owner would refuse it too; checked here so that an oversized call
+     * is answered like a local one instead of growing into a FORWARD over
+     * the owner's frame limit (which closes the peer stream). */
+    if (r->payload_len > n->cfg.max_payload)
+        return am_errf(err, errlen, AM_ETOOBIG, "payload of %u bytes exceeds the limit of %zu bytes",
+                       r->payload_len, n->cfg.max_payload);
     if (hops >= AM_MAX_HOPS) {
         n->hop_limited++;
         return am_errf(err, errlen, AM_EUNAVAIL,
@@ -366,6 +372,7 @@ static void on_server_closed(void *arg)
 static void on_peers_closed(void *arg)
 {
     struct node *n = arg;
+    n->peers = NULL;
     am_log_info("closing connections");
     am_server_close(n->srv, on_server_closed, n);
     n->srv = NULL;
@@ -383,8 +390,7 @@ static void on_runtime_drained(void *arg)
         am_log_info("every actor state is written");
     /* Forwarded calls answer clients of this node's server: the server
      * closes after the last of them. */
-    am_peers_close(n->peers, on_peers_closed, n);
-    n->peers = NULL;
+    am_peers_close(n->peers, on_peers_closed, n); /* n->peers stays usable until then */
 }
 
 static void on_left(void *arg)
