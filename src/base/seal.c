@@ -242,6 +242,15 @@ static int open_record(struct am_secure *s, const uint8_t *rec, size_t L, struct
     return 0;
 }
 
+int am_secure_read(struct am_secure *s, const uint8_t *p, size_t n, struct am_buf *plain,
+                   struct am_buf *out)
+{
+    int rc = am_secure_in(s, p, n, plain);
+    if (rc == 1 && (rc = am_secure_out(s, NULL, 0, out)) == 0)
+        rc = 1;
+    return rc;
+}
+
 int am_secure_in(struct am_secure *s, const uint8_t *p, size_t n, struct am_buf *plain)
 {
     if (s->state == FAILED)

@@ -123,6 +123,13 @@ int am_secure_in(struct am_secure *s, const uint8_t *p, size_t n, struct am_buf 
  * was queued or appended and s is unchanged); AM_EPROTO if s has failed. */
 int am_secure_out(struct am_secure *s, const uint8_t *p, size_t n, struct am_buf *out);
 
+/* The read side of a stream in one step: am_secure_in of the n bytes at p
+ * into plain and, when that completes the handshake, am_secure_out(s, NULL,
+ * 0, out) to release what was written meanwhile. Returns 1 when out may have
+ * gained bytes to send, 0, or a negative code (close the connection). */
+int am_secure_read(struct am_secure *s, const uint8_t *p, size_t n, struct am_buf *plain,
+                   struct am_buf *out);
+
 /* 1 once the handshake completed (and s has not failed), else 0. This does
  * not yet prove the peer holds the key: its first record does. */
 int am_secure_ready(const struct am_secure *s);

@@ -241,9 +241,7 @@ static void stream_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             return;
         }
     } else {
-        int rc = am_secure_in(&t->sec, t->in.data, t->in.len, &t->plain);
-        if (rc == 1)
-            rc = am_secure_out(&t->sec, NULL, 0, &t->out);
+        int rc = am_secure_read(&t->sec, t->in.data, t->in.len, &t->plain, &t->out);
         if (rc < 0) {
             t->g->st.unauthenticated++;
             am_log_warn("push-pull with %s: the peer does not hold our cluster key", t->addr);

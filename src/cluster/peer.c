@@ -475,14 +475,12 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     p->last_read = uv_now(p->ps->loop);
     if (p->sec_on) {
         p->raw.len += (size_t)nread;
-        int rc = am_secure_in(&p->sec, p->raw.data, p->raw.len, &p->in);
+        int rc = am_secure_read(&p->sec, p->raw.data, p->raw.len, &p->in, &p->sealed);
         p->raw.len = 0;
         if (p->raw.cap > READ_CHUNK)
             am_buf_close(&p->raw);
-        if (rc == 1) {
-            rc = am_secure_out(&p->sec, NULL, 0, &p->sealed);
+        if (rc == 1)
             turn_add(p);
-        }
         if (rc < 0) {
             stream_fail(p, AM_ST_UNAVAILABLE, 1, "does not hold this cluster key");
             return;
@@ -663,8 +661,9 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
         }
         if (now < p->retry_at) {
             ps->st.refused++;
-            return am_errf(err, errlen, AM_EUNAVAIL, "owner %s (%s) is unreachable: %s; retry in %llu ms",
-                           p->name, p->addr, p->why, (unsigned long long)(p->retry_at - now));
+            return am_errf(err, errlen, AM_EUNAVAIL,
+                           "owner %s (%s) is unreachable: %s; retry in %llu ms", p->name, p->addr,
+                           p->why, (unsigned long long)(p->retry_at - now));
         }
         int rc = stream_start(p, err, errlen);
         if (rc)

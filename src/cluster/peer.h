@@ -54,17 +54,17 @@ struct am_peers_opts {
 };
 
 struct am_peers_stats {
-    uint64_t forwarded;    /* calls written to a peer stream */
-    uint64_t replies;      /* replies received for them */
-    uint64_t refused;      /* refused at once: queue full or peer in backoff */
-    uint64_t timeouts;     /* calls failed for want of a reply */
-    uint64_t failed;       /* calls failed because their stream failed */
-    uint64_t connects;     /* streams opened */
-    uint64_t stream_errors;/* streams that failed (refused, reset, malformed, stuck) */
-    uint64_t bad_frames;   /* malformed frames read from peers */
-    uint64_t streams;      /* open now */
-    uint64_t pending;      /* calls waiting for replies now */
-    uint64_t queued_bytes; /* bytes waiting to be written now */
+    uint64_t forwarded;     /* calls written to a peer stream */
+    uint64_t replies;       /* replies received for them */
+    uint64_t refused;       /* refused at once: queue full or peer in backoff */
+    uint64_t timeouts;      /* calls failed for want of a reply */
+    uint64_t failed;        /* calls failed because their stream failed */
+    uint64_t connects;      /* streams opened */
+    uint64_t stream_errors; /* streams that failed (refused, reset, malformed, stuck) */
+    uint64_t bad_frames;    /* malformed frames read from peers */
+    uint64_t streams;       /* open now */
+    uint64_t pending;       /* calls waiting for replies now */
+    uint64_t queued_bytes;  /* bytes waiting to be written now */
     uint64_t bytes_in, bytes_out;
 };
 

@@ -135,8 +135,8 @@ static uint64_t version_of(char *const *names, size_t count, unsigned vnodes)
 int am_ring_build(struct am_ring **out, const char *const *names, size_t n, unsigned vnodes)
 {
     *out = NULL;
-    if (vnodes == 0 || vnodes > AM_RING_MAX_VNODES || n > AM_RING_MAX_MEMBERS || (n > 0 && !names) ||
-        (uint64_t)n * vnodes >= UINT32_MAX) /* positions in index are 32-bit */
+    if (vnodes == 0 || vnodes > AM_RING_MAX_VNODES || n > AM_RING_MAX_MEMBERS ||
+        (n > 0 && !names) || (uint64_t)n * vnodes >= UINT32_MAX) /* positions in index are 32-bit */
         return -EINVAL;
     for (size_t i = 0; i < n; i++) {
         if (!names[i] || names[i][0] == '\0' || strlen(names[i]) > AM_RING_MAX_NAME)

@@ -936,13 +936,11 @@ static void key_refused(struct conn *c)
 static int open_raw(struct conn *c)
 {
     size_t had = c->in.len;
-    int rc = am_secure_in(&c->sec, c->raw.data, c->raw.len, &c->in);
+    int rc = am_secure_read(&c->sec, c->raw.data, c->raw.len, &c->in, &c->sealed);
     c->raw.len = 0;
     c->authentic |= c->in.len > had;
-    if (rc == 1) {
-        rc = am_secure_out(&c->sec, NULL, 0, &c->sealed);
+    if (rc == 1)
         mark_dirty(c);
-    }
     if (rc >= 0)
         return 0;
     key_refused(c);

@@ -118,7 +118,7 @@
     ACTORS_USAGE                                                                                   \
     "\n"                                                                                           \
     "Prints the keys (type/id) of the actors active on one node, one per line,\n"                  \
-    "or with --json {\"active\",\"keys\":[...],\"truncated\"}: at most 100000 keys\n"            \
+    "or with --json {\"active\",\"keys\":[...],\"truncated\"}: at most 100000 keys\n"              \
     "are listed; active counts them all.\n"                                                        \
     "\n"                                                                                           \
     "  --node HOST:PORT  the node to ask (default " AM_CLI_DEFAULT_NODE ")\n"                      \

@@ -208,16 +208,12 @@ static int send_all(struct am_client *c, const uint8_t *p, size_t n, int64_t dea
 static int open_raw(struct am_client *c, int64_t deadline)
 {
     size_t had = c->in.len;
-    int rc = am_secure_in(&c->sec, c->raw.data, c->raw.len, &c->in);
+    c->sealed.len = 0;
+    int rc = am_secure_read(&c->sec, c->raw.data, c->raw.len, &c->in, &c->sealed);
     c->raw.len = 0;
     c->authentic |= c->in.len > had;
-    if (rc == 1) {
-        c->sealed.len = 0;
-        rc = am_secure_out(&c->sec, NULL, 0, &c->sealed);
-        if (rc == 0)
-            rc = send_all(c, c->sealed.data, c->sealed.len, deadline);
-        return rc;
-    }
+    if (rc == 1)
+        return send_all(c, c->sealed.data, c->sealed.len, deadline);
     return rc == AM_EPROTO ? broke(c, -EACCES, 0) : rc < 0 ? broke(c, rc, 0) : 0;
 }
 

@@ -162,10 +162,9 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "conflicts", gs.conflicts) || am_mp_pack_str(pk, "ring", 4) ||
            msgpack_pack_map(pk, 4) || pack_kv_str(pk, "version", ring_hex) ||
            pack_kv_u64(pk, "members", n->ring ? am_ring_count(n->ring) : 0) ||
-           pack_kv_u64(pk, "vnodes", AM_RING_VNODES) ||
-           pack_kv_u64(pk, "builds", n->ring_builds) || am_mp_pack_str(pk, "routing", 7) ||
-           msgpack_pack_map(pk, 17) || pack_kv_u64(pk, "forwarded", n->routed) ||
-           pack_kv_u64(pk, "received", n->forwards_in) ||
+           pack_kv_u64(pk, "vnodes", AM_RING_VNODES) || pack_kv_u64(pk, "builds", n->ring_builds) ||
+           am_mp_pack_str(pk, "routing", 7) || msgpack_pack_map(pk, 17) ||
+           pack_kv_u64(pk, "forwarded", n->routed) || pack_kv_u64(pk, "received", n->forwards_in) ||
            pack_kv_u64(pk, "hop_limited", n->hop_limited) ||
            pack_kv_u64(pk, "ring_mismatches", n->ring_mismatches) ||
            pack_kv_u64(pk, "replies", ps.replies) || pack_kv_u64(pk, "refused", ps.refused) ||
@@ -294,7 +293,9 @@ static int route(void *arg, const struct am_request *r, am_reply_fn cb, void *ct
         n->forwards_in++;
         n->ring_mismatches += r->ring_version != version;
     }
-    if (!n->ring || am_ring_count(n->ring) == 0)
+    /* Alone (or with no ring yet) this node runs everything: no hashing. */
+    if (!n->ring || am_ring_count(n->ring) == 0 ||
+        (am_ring_count(n->ring) == 1 && n->self_idx == 0))
         return 0;
     int owner = am_ring_owner(n->ring, am_ring_key(r->type, r->type_len, r->actor, r->actor_len));
     if (owner == n->self_idx)
@@ -304,8 +305,9 @@ static int route(void *arg, const struct am_request *r, am_reply_fn cb, void *ct
      * is answered like a local one instead of growing into a FORWARD over
      * the owner's frame limit (which closes the peer stream). */
     if (r->payload_len > n->cfg.max_payload)
-        return am_errf(err, errlen, AM_ETOOBIG, "payload of %u bytes exceeds the limit of %zu bytes",
-                       r->payload_len, n->cfg.max_payload);
+        return am_errf(err, errlen, AM_ETOOBIG,
+                       "payload of %u bytes exceeds the limit of %zu bytes", r->payload_len,
+                       n->cfg.max_payload);
     if (hops >= AM_MAX_HOPS) {
         n->hop_limited++;
         return am_errf(err, errlen, AM_EUNAVAIL,
@@ -316,8 +318,8 @@ static int route(void *arg, const struct am_request *r, am_reply_fn cb, void *ct
     }
     struct am_peer *p = n->ring_peers[owner];
     if (!p)
-        return am_errf(err, errlen, AM_EUNAVAIL, "owner %s of %.*s/%.*s is not reachable yet",
-                       name, (int)r->type_len, r->type, (int)r->actor_len, r->actor);
+        return am_errf(err, errlen, AM_EUNAVAIL, "owner %s of %.*s/%.*s is not reachable yet", name,
+                       (int)r->type_len, r->type, (int)r->actor_len, r->actor);
     int rc = am_peer_forward(p, r, hops + 1, version, r->id, cb, ctx, err, errlen);
     if (rc)
         return rc;
@@ -337,7 +339,8 @@ static int check_peer(void *arg, const char *name, size_t len, const struct sock
     snprintf(nm, sizeof nm, "%.*s", (int)len, name);
     uv_ip4_name(from, host, sizeof host);
     if (!n->gossip || am_swim_find(am_gossip_core(n->gossip), nm, &m) ||
-        (m.state != AM_MEMBER_ALIVE && m.state != AM_MEMBER_SUSPECT) || strcmp(nm, n->cfg.name) == 0)
+        (m.state != AM_MEMBER_ALIVE && m.state != AM_MEMBER_SUSPECT) ||
+        strcmp(nm, n->cfg.name) == 0)
         return am_errf(err, errlen, AM_EPROTO, "'%s' (from %s) is not a live member of %s's view",
                        nm, host, n->cfg.name);
     if (am_addr_parse(m.addr, 0, &adv) || adv.sin_addr.s_addr != from->sin_addr.s_addr)
@@ -426,7 +429,8 @@ static void on_member_event(void *arg, const struct am_swim_action *ev)
     if (n->peers && ev->event != AM_SWIM_EV_CONFLICT && strcmp(ev->name, n->cfg.name) != 0 &&
         (ev->event == AM_SWIM_EV_REAPED || ev->state == AM_MEMBER_DEAD ||
          ev->state == AM_MEMBER_LEFT))
-        am_peers_drop(n->peers, ev->name, ev->state == AM_MEMBER_LEFT ? "left the cluster" : "was declared dead");
+        am_peers_drop(n->peers, ev->name,
+                      ev->state == AM_MEMBER_LEFT ? "left the cluster" : "was declared dead");
     if (ev->event != AM_SWIM_EV_CONFLICT && n->ring_timer_open &&
         !uv_is_active((uv_handle_t *)&n->ring_timer))
         uv_timer_start(&n->ring_timer, on_ring_timer, RING_DELAY_MS, 0);
@@ -531,8 +535,8 @@ static int start(struct node *n, char *err, size_t errlen)
         .key = n->keyed ? n->key : NULL,
         .timeout_ms = c->forward_timeout_ms,
         .max_pending = PEER_MAX_PENDING,
-        .max_out = 2 * (c->max_payload + 4096) > PEER_MAX_OUT ? 2 * (c->max_payload + 4096)
-                                                              : PEER_MAX_OUT,
+        .max_out =
+            2 * (c->max_payload + 4096) > PEER_MAX_OUT ? 2 * (c->max_payload + 4096) : PEER_MAX_OUT,
         .max_frame = (c->max_state > c->max_payload ? c->max_state : c->max_payload) + 4096,
     };
     rc = am_peers_new(&n->peers, &n->loop, &po);

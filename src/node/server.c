@@ -162,8 +162,7 @@ static int accept_peer(struct conn *c, const struct am_request *r, char *msg, si
         return am_errf(msg, len, AM_EPROTO, "HELLO role 'peer' must name the node");
     if (!s->hooks.peer_hello)
         return am_errf(msg, len, AM_EPROTO, "this node takes no peer streams");
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&from, &flen) ||
-        from.ss_family != AF_INET)
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&from, &flen) || from.ss_family != AF_INET)
         return am_errf(msg, len, AM_EPROTO, "peer streams are served over IPv4 only");
     return s->hooks.peer_hello(s->hooks.arg, r->name, r->name_len,
                                (const struct sockaddr_in *)&from, msg, len);
@@ -442,14 +441,12 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static int open_raw(struct conn *c)
 {
     struct am_server *s = c->srv;
-    int rc = am_secure_in(&c->sec, c->raw.data, c->raw.len, &c->in);
+    int rc = am_secure_read(&c->sec, c->raw.data, c->raw.len, &c->in, &c->sealed);
     c->raw.len = 0;
     if (c->raw.cap > READ_CHUNK)
         am_buf_close(&c->raw);
-    if (rc == 1) {
-        rc = am_secure_out(&c->sec, NULL, 0, &c->sealed);
+    if (rc == 1)
         turn_add(c);
-    }
     if (rc < 0) {
         s->st.unauthenticated++;
         am_log_debug("closed a connection that does not hold the cluster key");

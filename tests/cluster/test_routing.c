@@ -21,6 +21,7 @@
 #include "mp.h"
 #include "proto.h"
 #include "ring.h"
+#include "seal.h"
 
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -45,7 +46,8 @@ static struct {
     char dir[256];
     struct proc_node nodes[MAX_NODES];
     char names[MAX_NODES][16];
-    int stopped; /* index of a SIGSTOPped node to resume at teardown, or -1 */
+    int stopped;        /* index of a SIGSTOPped node to resume at teardown, or -1 */
+    char key_file[300]; /* "" or the cluster key every node and query uses */
 } w;
 
 static void setup(void)
@@ -78,9 +80,23 @@ static void node_start(int i, const char *timeout_ms)
     snprintf(data, sizeof data, "%s/%s", w.dir, w.names[i]);
     snprintf(log, sizeof log, "%s/%s.log", w.dir, w.names[i]);
     proc_node_init(&w.nodes[i], addr, data, log);
-    const char *extra[] = {"--name",         w.names[i], "--idle-timeout", "600000",
-                           "--forward-timeout", timeout_ms, i ? "--join" : NULL,
-                           w.nodes[0].addr,  NULL};
+    const char *extra[12];
+    int k = 0;
+    extra[k++] = "--name";
+    extra[k++] = w.names[i];
+    extra[k++] = "--idle-timeout";
+    extra[k++] = "600000";
+    extra[k++] = "--forward-timeout";
+    extra[k++] = timeout_ms;
+    if (w.key_file[0]) {
+        extra[k++] = "--key-file";
+        extra[k++] = w.key_file;
+    }
+    if (i) {
+        extra[k++] = "--join";
+        extra[k++] = w.nodes[0].addr;
+    }
+    extra[k] = NULL;
     char why[1600];
     int rc = proc_node_start(&w.nodes[i], extra, why, sizeof why);
     cr_assert_eq(rc, 0, "%s: %s", w.names[i], why);
@@ -97,7 +113,11 @@ static void node_stop_ok(int i)
 
 static json_t *status_of(int i)
 {
-    return view_query(w.nodes[i].addr, AM_MSG_STATUS, NULL, 5000);
+    uint8_t key[AM_KEY_BYTES];
+    char err[1200];
+    if (w.key_file[0])
+        cr_assert_eq(am_key_load(w.key_file, key, err, sizeof err), 0, "%s", err);
+    return view_query(w.nodes[i].addr, AM_MSG_STATUS, w.key_file[0] ? key : NULL, 5000);
 }
 
 static uint64_t stat_u64(json_t *st, const char *map, const char *key)
@@ -363,8 +383,7 @@ Test(routing, ten_thousand_counters_through_random_nodes_count_every_acknowledge
     for (int s = 0; s < AM_ST__COUNT; s++) {
         failed += errors[s];
         if (errors[s])
-            cr_log_info("adds answered %s: %llu", am_status_name(s),
-                        (unsigned long long)errors[s]);
+            cr_log_info("adds answered %s: %llu", am_status_name(s), (unsigned long long)errors[s]);
         cr_assert(errors[s] == 0 || am_status_retryable(s), "adds failed with %s",
                   am_status_name(s));
     }
@@ -507,10 +526,10 @@ Test(routing, a_stopped_peer_costs_bounded_memory_and_retryable_errors, .timeout
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, watch_rss, &rw), 0);
     struct proc_result br;
-    int rc = proc_runl(&br, 60000, "bench", "--node", w.nodes[0].addr, "--type", "echo",
-                       "--action", "echo", "--payload", "65536", "--actors", "300",
-                       "--connections", "8", "--pipeline", "64", "--duration", "3", "--warmup",
-                       "0", "--json", (char *)NULL);
+    int rc =
+        proc_runl(&br, 60000, "bench", "--node", w.nodes[0].addr, "--type", "echo", "--action",
+                  "echo", "--payload", "65536", "--actors", "300", "--connections", "8",
+                  "--pipeline", "64", "--duration", "3", "--warmup", "0", "--json", (char *)NULL);
     /* Meanwhile is over; now calls one at a time: to the stopped node's
      * actors (each must fail, retryably, within the timeout and a margin)
      * and to the others (each answered at once). */
@@ -577,7 +596,8 @@ Test(routing, a_stopped_peer_costs_bounded_memory_and_retryable_errors, .timeout
     bound += 256ll << 20;
 #endif
     cr_assert(growth < bound, "n0 grew by %lld MiB while its peer was stopped", growth >> 20);
-    cr_assert(worst_stuck <= timeout_ms + 1500, "a stuck call took %lld ms", (long long)worst_stuck);
+    cr_assert(worst_stuck <= timeout_ms + 1500, "a stuck call took %lld ms",
+              (long long)worst_stuck);
     cr_assert(worst_live < timeout_ms, "a call to a live node took %lld ms", (long long)worst_live);
     cr_assert_eq(stuck_failed, 5);
     json_decref(bj);
@@ -702,6 +722,48 @@ Test(routing, a_malformed_peer_frame_closes_that_stream_only_and_clients_cannot_
     cr_assert(stat_u64(st, "clients", "bad_frames") >= 2);
     json_decref(st);
     am_buf_close(&b);
+    am_ring_free(ring);
+    for (int i = n - 1; i >= 0; i--)
+        node_stop_ok(i);
+}
+
+/* ---- with a cluster key --------------------------------------------------- */
+
+Test(routing, with_a_cluster_key_calls_are_forwarded_over_sealed_peer_streams, .timeout = 120)
+{
+    struct proc_result r;
+    snprintf(w.key_file, sizeof w.key_file, "%s/cluster.key", w.dir);
+    cr_assert_eq(proc_runl(&r, 10000, "keygen", w.key_file, (char *)NULL), 0);
+    cr_assert_eq(r.code, 0, "keygen: %s", r.err);
+    proc_result_free(&r);
+    const int n = 3;
+    cluster_start(n, "5000");
+    struct am_ring *ring = ring_of(n);
+    /* Through n0, one counter of each node, twice: 1 then 2. */
+    for (int owner = 0; owner < n; owner++) {
+        char id[1][16];
+        ids_owned_by(ring, owner, id, 1);
+        for (int round = 1; round <= 2; round++) {
+            cr_assert_eq(proc_runl(&r, 10000, "call", "--node", w.nodes[0].addr, "--key-file",
+                                   w.key_file, "counter", id[0], "add", "1", (char *)NULL),
+                         0);
+            cr_assert_eq(r.code, 0, "call %s: %s", id[0], r.err);
+            cr_assert_eq(atoi(r.out), round, "%s answered %s", id[0], r.out);
+            proc_result_free(&r);
+        }
+    }
+    /* Without the key, a client is kept out before anything is routed. */
+    cr_assert_eq(proc_runl(&r, 10000, "call", "--node", w.nodes[0].addr, "counter", "c0", "add",
+                           "1", (char *)NULL),
+                 0);
+    cr_assert_neq(r.code, 0);
+    cr_assert(strstr(r.err, "cluster key"), "%s", r.err);
+    proc_result_free(&r);
+    json_t *st = status_of(0);
+    cr_assert_eq(stat_u64(st, "routing", "forwarded"), 4);
+    cr_assert_eq(stat_u64(st, "routing", "replies"), 4);
+    cr_assert_eq(stat_u64(st, "routing", "streams"), 2);
+    json_decref(st);
     am_ring_free(ring);
     for (int i = n - 1; i >= 0; i--)
         node_stop_ok(i);

@@ -45,8 +45,8 @@ static void check_reencode(const struct am_request *r)
     struct am_buf out;
     am_buf_init(&out);
     int rc;
-    int simple = r->kind == AM_MSG_STATUS || r->kind == AM_MSG_MEMBERS ||
-                 r->kind == AM_MSG_LEAVE || r->kind == AM_MSG_RING || r->kind == AM_MSG_ACTORS;
+    int simple = r->kind == AM_MSG_STATUS || r->kind == AM_MSG_MEMBERS || r->kind == AM_MSG_LEAVE ||
+                 r->kind == AM_MSG_RING || r->kind == AM_MSG_ACTORS;
     if (simple)
         rc = am_encode_simple(&out, r->kind, r->id);
     else if (r->kind == AM_MSG_SYNC)

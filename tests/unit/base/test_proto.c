@@ -661,8 +661,8 @@ Test(proto, refuses_a_kind_or_id_that_is_not_an_unsigned_integer)
 
 Test(proto, refuses_a_forward_of_another_kind_or_too_many_hops)
 {
-    static const uint64_t bad[][2] = {{AM_MSG_STATUS, 1}, {AM_MSG_FORWARD, 1}, {0, 1},
-                                      {AM_MSG_CALL, 256}};
+    static const uint64_t bad[][2] = {
+        {AM_MSG_STATUS, 1}, {AM_MSG_FORWARD, 1}, {0, 1}, {AM_MSG_CALL, 256}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         struct msg m;
         msg_init(&m);

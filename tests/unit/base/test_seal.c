@@ -317,6 +317,31 @@ static void pair_connect(struct pair *p)
     cr_assert(am_secure_ready(&p->c) && am_secure_ready(&p->s));
 }
 
+/* am_secure_read: the read that completes the handshake also releases what
+ * was written before it; later reads return 0; a bad record is an error. */
+Test(stream, read_releases_the_queue_once_the_handshake_completes, .init = setup)
+{
+    struct pair *p = pair_new(key1, key1);
+    cr_assert_eq(am_secure_out(&p->c, (const uint8_t *)"early", 5, &p->wire_cs), 0);
+    cr_assert_eq(p->wire_cs.len, AM_SEAL_HANDSHAKE_BYTES, "queued, not sent");
+    cr_assert_eq(am_secure_read(&p->c, p->wire_sc.data, p->wire_sc.len, &p->plain_c, &p->wire_cs),
+                 1);
+    p->wire_sc.len = 0;
+    cr_assert_eq(p->wire_cs.len, AM_SEAL_HANDSHAKE_BYTES + 4 + 5 + 16, "the queue followed");
+    cr_assert_eq(am_secure_read(&p->s, p->wire_cs.data, p->wire_cs.len, &p->plain_s, &p->wire_sc),
+                 1);
+    cr_assert_eq(p->plain_s.len, 5);
+    cr_assert(memcmp(p->plain_s.data, "early", 5) == 0);
+    p->wire_cs.len = 0;
+    cr_assert_eq(am_secure_out(&p->c, (const uint8_t *)"x", 1, &p->wire_cs), 0);
+    cr_assert_eq(am_secure_read(&p->s, p->wire_cs.data, p->wire_cs.len, &p->plain_s, &p->wire_sc),
+                 0);
+    static const uint8_t bad[4 + 17] = {0, 0, 0, 17, 1, 2, 3}; /* a whole record, forged */
+    cr_assert_lt(am_secure_read(&p->s, bad, sizeof bad, &p->plain_s, &p->wire_sc), 0);
+    pair_free(p);
+    CHECK_LEAKS();
+}
+
 Test(stream, carries_data_both_ways, .init = setup)
 {
     struct pair *p = pair_new(key1, key1);
