@@ -87,10 +87,10 @@ struct actor {
     struct blob *state;
     struct blob *committed;
     struct mq mailbox;
-    struct mq held; /* handled; replies wait for the next write */
+    struct mq held;                /* handled; replies wait for the next write */
     struct snap_write *last_write; /* the newest write in flight, or NULL */
-    uint32_t inflight;              /* writes in flight */
-    uint64_t poison_seq;            /* writes up to this seq follow a failed one */
+    uint32_t inflight;             /* writes in flight */
+    uint64_t poison_seq;           /* writes up to this seq follow a failed one */
     uint64_t seq, committed_seq;
     uint64_t last_used;
     uint64_t hash;
@@ -344,8 +344,7 @@ static void msg_free(struct am_runtime *rt, struct msg *m)
 static void msg_finish(struct am_runtime *rt, struct actor *act, struct msg *m)
 {
     if (m->cb)
-        m->cb(m->ctx, m->req_id, m->status, m->body ? m->body : &mp_nil,
-              m->body ? m->body_len : 1);
+        m->cb(m->ctx, m->req_id, m->status, m->body ? m->body : &mp_nil, m->body ? m->body_len : 1);
     if (m->status == AM_ST_OK) {
         rt->st.ok++;
     } else {
@@ -424,10 +423,11 @@ static void write_done(struct am_store_write *w, int status)
         if (status == -ECANCELED)
             snprintf(why, sizeof why,
                      "the new state of %s was not committed: it followed a state whose write "
-                     "failed", act->key);
+                     "failed",
+                     act->key);
         else
-            snprintf(why, sizeof why, "the new state of %s could not be committed: %s",
-                     act->key, am_strerror(status));
+            snprintf(why, sizeof why, "the new state of %s could not be committed: %s", act->key,
+                     am_strerror(status));
         am_log_error("%s", why);
         blob_unref(rt, sw->state);
         if (durable) {
@@ -458,8 +458,8 @@ static void write_done(struct am_store_write *w, int status)
             /* Interval mode, stopping, and the store keeps refusing: give
              * up rather than never stop. The loss is logged and counted,
              * and the node exits non-zero. */
-            am_log_error("giving up on the unsaved state of %s after %d failed writes",
-                         act->key, SHUTDOWN_RETRIES + 1);
+            am_log_error("giving up on the unsaved state of %s after %d failed writes", act->key,
+                         SHUTDOWN_RETRIES + 1);
             rt->st.lost++;
             act->dirty = 0;
         } else {
@@ -823,6 +823,11 @@ int am_runtime_new(struct am_runtime **out, uv_loop_t *loop, struct am_store *st
 void am_runtime_get_stats(const struct am_runtime *rt, struct am_runtime_stats *st)
 {
     *st = rt->st;
+}
+
+int am_runtime_is_active(const struct am_runtime *rt, const char *key, size_t len)
+{
+    return table_find(rt, key, len, XXH3_64bits(key, len)) != NULL;
 }
 
 void am_runtime_each_active(const struct am_runtime *rt,

@@ -26,12 +26,12 @@
 #include <uv.h>
 
 struct am_runtime_opts {
-    size_t max_payload;       /* bytes of one message payload */
-    size_t max_state;         /* bytes of one actor's state */
-    size_t max_reply;         /* bytes of one reply */
-    unsigned mailbox;         /* messages accepted and not yet answered, per actor */
-    size_t max_actors;        /* active actors in memory */
-    uint64_t idle_ms;         /* deactivate after this long without a message */
+    size_t max_payload;        /* bytes of one message payload */
+    size_t max_state;          /* bytes of one actor's state */
+    size_t max_reply;          /* bytes of one reply */
+    unsigned mailbox;          /* messages accepted and not yet answered, per actor */
+    size_t max_actors;         /* active actors in memory */
+    uint64_t idle_ms;          /* deactivate after this long without a message */
     uint64_t sync_interval_ms; /* 0: durable; else the interval mode's period */
 };
 
@@ -73,6 +73,9 @@ int am_runtime_submit(struct am_runtime *rt, uint64_t req_id, const char *type, 
                       char *err, size_t errlen);
 
 void am_runtime_get_stats(const struct am_runtime *rt, struct am_runtime_stats *st);
+
+/* 1 when the actor of key ("type/id") is active here, else 0. */
+int am_runtime_is_active(const struct am_runtime *rt, const char *key, size_t len);
 
 /* Calls fn for each active actor's key ("type/id"). */
 void am_runtime_each_active(const struct am_runtime *rt,

@@ -22,6 +22,10 @@
  *                                                      handed on by another node;
  *                                                      only after HELLO role "peer"
  *   ACTORS [9, req_id]                                 the actors active here
+ *   HANDOFF [10, req_id, key, epoch, seq, state]       a leaving owner's snapshot
+ *                                                      of actor key ("type/id");
+ *                                                      state: bin; only after
+ *                                                      HELLO role "peer"
  *   REPLY  [128, req_id, status, body]                 body: reply object if
  *                                                      status is 0, else an
  *                                                      error message (str)
@@ -50,6 +54,7 @@ enum am_msg_kind {
     AM_MSG_RING = 7,
     AM_MSG_FORWARD = 8,
     AM_MSG_ACTORS = 9,
+    AM_MSG_HANDOFF = 10,
     AM_MSG_REPLY = 128,
 };
 
@@ -84,6 +89,9 @@ struct am_request {
     const uint8_t *payload; /* exactly one msgpack object; SYNC: the bin's bytes */
     uint32_t payload_len;
     uint64_t version; /* HELLO only */
+    /* HANDOFF only: the snapshot's version (the key is in type/type_len,
+     * "type/id" whole; the state in payload/payload_len). */
+    uint64_t epoch, seq;
     /* FORWARD only: what was forwarded (AM_MSG_CALL or AM_MSG_CAST), how many
      * hops it has made and the ring version of the node that sent it. */
     int fwd_kind;
@@ -119,6 +127,9 @@ int am_encode_hello_peer(struct am_buf *out, uint64_t id, const char *name);
 int am_encode_forward(struct am_buf *out, uint64_t id, const struct am_request *r, unsigned hops,
                       uint64_t ring_version);
 int am_encode_status(struct am_buf *out, uint64_t id);
+/* HANDOFF of the snapshot of key. */
+int am_encode_handoff(struct am_buf *out, uint64_t id, const char *key, size_t key_len,
+                      uint64_t epoch, uint64_t seq, const uint8_t *state, size_t state_len);
 /* A message with no field but its id: STATUS, MEMBERS, LEAVE, RING or ACTORS. */
 int am_encode_simple(struct am_buf *out, int kind, uint64_t id);
 int am_encode_sync(struct am_buf *out, uint64_t id, const uint8_t *data, size_t len);

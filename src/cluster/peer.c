@@ -691,7 +691,11 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
         return am_errf(err, errlen, -ENOMEM, "out of memory forwarding to %s", p->name);
     struct slot *s = &p->slots[i];
     uint64_t id = (uint64_t)s->gen << 32 | i;
-    if (am_encode_forward(&p->out, id, r, hops, ring_version)) {
+    int rc = r->kind == AM_MSG_HANDOFF
+                 ? am_encode_handoff(&p->out, id, r->type, r->type_len, r->epoch, r->seq,
+                                     r->payload, r->payload_len)
+                 : am_encode_forward(&p->out, id, r, hops, ring_version);
+    if (rc) {
         s->next = p->free_head;
         p->free_head = i;
         return am_errf(err, errlen, -ENOMEM, "out of memory forwarding to %s", p->name);
@@ -710,7 +714,10 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
     if (p->pending++ == 0)
         p->last_read = now;
     ps->st.pending++;
-    ps->st.forwarded++;
+    if (r->kind == AM_MSG_HANDOFF)
+        ps->st.handoffs++;
+    else
+        ps->st.forwarded++;
     turn_add(p);
     if (!uv_is_active((uv_handle_t *)&ps->timer))
         uv_timer_start(&ps->timer, on_sweep, SWEEP_MS, SWEEP_MS);

@@ -1,15 +1,18 @@
 /* node.c - `amesh node`: composes storage, runtime and client server on one
  * libuv loop, and stops them in order on SIGTERM or SIGINT:
  *
- *   1. spread this node's `left` state through the cluster, stop accepting
- *      connections and reading requests;
+ *   1. stop accepting connections and reading requests;
  *   2. let the runtime finish what is in flight and write every dirty actor;
- *   3. wait for the calls this node forwarded to other nodes (each bounded
+ *   3. hand the snapshot of every actor this node owns to the member that
+ *      owns it once this node is gone (handoff.h);
+ *   4. spread this node's `left` state through the cluster;
+ *   5. wait for the calls this node forwarded to other nodes (each bounded
  *      by --forward-timeout), then write the last replies and close the
  *      connections;
- *   4. close the runtime and the store (the writer thread commits what is
+ *   6. close the runtime and the store (the writer thread commits what is
  *      queued), then the loop runs dry and the process exits 0 (1 if, in
- *      interval mode, a state could not be written at all). */
+ *      interval mode, a state could not be written at all).
+ * A node refused for its name (another live node holds it) skips 3 and 4. */
 #include "commands.h"
 #include "config.h"
 #include "server.h"
@@ -17,6 +20,7 @@
 #include "addr.h"
 #include "err.h"
 #include "gossip.h"
+#include "handoff.h"
 #include "log.h"
 #include "mem.h"
 #include "mp.h"
@@ -54,6 +58,7 @@ struct node {
     int self_idx;
     struct am_peers *peers;
     uint64_t routed, forwards_in, hop_limited, ring_mismatches;
+    struct am_handoff_stats handoff;
     uv_timer_t ring_timer;
     int ring_timer_open;
     uint64_t ring_builds;
@@ -114,7 +119,7 @@ static int pack_status(void *arg, msgpack_packer *pk)
     }
     struct am_peers_stats ps;
     am_peers_get_stats(n->peers, &ps);
-    return msgpack_pack_map(pk, 13) || pack_kv_str(pk, "node", n->cfg.name) ||
+    return msgpack_pack_map(pk, 14) || pack_kv_str(pk, "node", n->cfg.name) ||
            pack_kv_str(pk, "version", AM_VERSION_STRING) ||
            pack_kv_u64(pk, "pid", (uint64_t)getpid()) ||
            pack_kv_u64(pk, "uptime_ms", uv_now(&n->loop) - n->started_ms) ||
@@ -175,7 +180,12 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "stream_errors", ps.stream_errors) ||
            pack_kv_u64(pk, "bad_frames", ps.bad_frames) ||
            pack_kv_u64(pk, "bytes_in", ps.bytes_in) || pack_kv_u64(pk, "bytes_out", ps.bytes_out) ||
-           pack_kv_u64(pk, "timeout_ms", n->cfg.forward_timeout_ms);
+           pack_kv_u64(pk, "timeout_ms", n->cfg.forward_timeout_ms) ||
+           am_mp_pack_str(pk, "handoff", 7) || msgpack_pack_map(pk, 4) ||
+           pack_kv_u64(pk, "sent", n->handoff.sent) ||
+           pack_kv_u64(pk, "failed", n->handoff.failed) ||
+           pack_kv_u64(pk, "received", n->handoff.received) ||
+           pack_kv_u64(pk, "refused", n->handoff.refused);
 }
 
 /* A member change reaches the ring this long after it (later changes
@@ -327,6 +337,30 @@ static int route(void *arg, const struct am_request *r, am_reply_fn cb, void *ct
     return 1;
 }
 
+static struct am_handoff_env handoff_env(struct node *n)
+{
+    struct am_handoff_env env = {
+        .loop = &n->loop,
+        .store = n->store,
+        .rt = n->rt,
+        .peers = n->peers,
+        .core = n->gossip ? am_gossip_core(n->gossip) : NULL,
+        .self = n->cfg.name,
+    };
+    return env;
+}
+
+/* HANDOFF from a leaving owner (handoff.h). */
+static int take_handoff(void *arg, const char *peer, const struct am_request *r, am_reply_fn cb,
+                        void *ctx, char *err, size_t errlen)
+{
+    struct node *n = arg;
+    struct am_handoff_env env = handoff_env(n);
+    if (n->stopping)
+        return am_errf(err, errlen, AM_ESHUTDOWN, "%s is stopping; handoff not taken", n->cfg.name);
+    return am_handoff_take(&env, n->ring, peer, r, cb, ctx, &n->handoff, err, errlen);
+}
+
 /* HELLO role "peer": a live member of this node's view, connecting from
  * the host it advertises. */
 static int check_peer(void *arg, const char *name, size_t len, const struct sockaddr_in *from,
@@ -381,26 +415,47 @@ static void on_peers_closed(void *arg)
     n->srv = NULL;
 }
 
-static void on_runtime_drained(void *arg)
+/* Step 5: forwarded calls answer clients of this node's server, so the
+ * server closes after the last of them. */
+static void close_peers(struct node *n)
 {
-    struct node *n = arg;
     struct am_peers_stats ps;
     am_peers_get_stats(n->peers, &ps);
     if (ps.pending)
-        am_log_info("every actor state is written; waiting for %llu forwarded calls",
-                    (unsigned long long)ps.pending);
-    else
-        am_log_info("every actor state is written");
-    /* Forwarded calls answer clients of this node's server: the server
-     * closes after the last of them. */
+        am_log_info("waiting for %llu forwarded calls", (unsigned long long)ps.pending);
     am_peers_close(n->peers, on_peers_closed, n); /* n->peers stays usable until then */
 }
 
 static void on_left(void *arg)
 {
     struct node *n = arg;
-    am_log_info("left the cluster; finishing and writing what is in flight");
-    am_runtime_shutdown(n->rt, on_runtime_drained, n);
+    am_log_info("left the cluster");
+    close_peers(n);
+}
+
+/* Step 4: the others may now place this node's actors elsewhere. */
+static void on_handed_off(void *arg)
+{
+    struct node *n = arg;
+    am_gossip_leave(n->gossip, on_left, n);
+}
+
+/* Step 3: every actor state is on disk; hand them to their next owners. */
+static void on_runtime_drained(void *arg)
+{
+    struct node *n = arg;
+    am_log_info("every actor state is written");
+    if (n->refused) { /* the name is another node's: leave nothing, say nothing */
+        close_peers(n);
+        return;
+    }
+    struct am_handoff_env env = handoff_env(n);
+    int rc = am_handoff_leave(&env, n->ring, n->self_idx, &n->handoff, on_handed_off, n);
+    if (rc) {
+        am_log_error("cannot hand off the actors (%s); they stay in this node's data directory",
+                     am_strerror(rc));
+        on_handed_off(n);
+    }
 }
 
 /* SIGTERM, SIGINT and `amesh leave` stop the node the same way. */
@@ -411,9 +466,9 @@ static void stop(struct node *n, const char *why)
         return;
     }
     n->stopping = 1;
-    am_log_info("%s: leaving the cluster and stopping (no new requests)", why);
+    am_log_info("%s: stopping (no new requests); finishing what is in flight", why);
     am_server_stop_accepting(n->srv);
-    am_gossip_leave(n->gossip, on_left, n);
+    am_runtime_shutdown(n->rt, on_runtime_drained, n);
 }
 
 /* A node that finds, while joining, that a live member already holds its
@@ -565,6 +620,7 @@ static int start(struct node *n, char *err, size_t errlen)
         .sync = sync_members,
         .peer_hello = check_peer,
         .route = route,
+        .handoff = take_handoff,
         .arg = n,
     };
     rc = am_server_start(&n->srv, &n->loop, &bind, n->rt, &vo, &hooks, err, errlen);

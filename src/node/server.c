@@ -53,8 +53,9 @@ struct conn {
     uv_write_t wreq;
     unsigned inflight;
     uint8_t in_turn, writing, paused, reading, closing, closed, close_after_write;
-    uint8_t member; /* said HELLO with role "member": push-pull of a (joining) node */
-    uint8_t peer;   /* said HELLO with role "peer" and was accepted: forwarded calls */
+    uint8_t member;  /* said HELLO with role "member": push-pull of a (joining) node */
+    uint8_t peer;    /* said HELLO with role "peer" and was accepted: forwarded calls */
+    char *peer_name; /* the node it said it is (peer connections only) */
 };
 
 struct am_server {
@@ -111,6 +112,7 @@ static size_t pending_out(const struct conn *c)
 
 static void conn_free(struct conn *c)
 {
+    am_free(c->peer_name);
     am_buf_close(&c->in);
     am_buf_close(&c->out);
     am_buf_close(&c->wbuf);
@@ -187,6 +189,12 @@ static void handle_hello(struct conn *c, const struct am_request *r)
     } else {
         c->member = role_is(r, "member");
         if (role_is(r, "peer")) {
+            c->peer_name = am_strndup(r->name, r->name_len);
+            if (!c->peer_name) {
+                send_error(c, r->id, AM_ST_INTERNAL, "out of memory");
+                c->close_after_write = 1;
+                return;
+            }
             c->peer = 1;
             s->st.peers++;
         }
@@ -346,6 +354,22 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
     case AM_MSG_LEAVE:
         handle_leave(c, &r);
         return;
+    case AM_MSG_HANDOFF:
+        if (!c->peer) {
+            bad_frame(c, &r, "HANDOFF is taken on peer streams only (HELLO role 'peer')");
+            c->close_after_write = 1;
+            return;
+        }
+        c->inflight++;
+        int hrc =
+            s->hooks.handoff
+                ? s->hooks.handoff(s->hooks.arg, c->peer_name, &r, on_reply, c, err, sizeof err)
+                : am_errf(err, sizeof err, AM_EPROTO, "this node takes no handoffs");
+        if (hrc) {
+            c->inflight--;
+            send_error(c, r.id, am_status_of(hrc), err);
+        }
+        return;
     case AM_MSG_FORWARD:
         if (!c->peer) {
             bad_frame(c, &r, "FORWARD is taken on peer streams only (HELLO role 'peer')");
@@ -355,7 +379,7 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
         break;
     default:
         if (c->peer) {
-            bad_frame(c, &r, "a peer stream carries FORWARD frames only");
+            bad_frame(c, &r, "a peer stream carries FORWARD and HANDOFF frames only");
             return;
         }
         break;

@@ -53,6 +53,9 @@ static void check_reencode(const struct am_request *r)
         rc = am_encode_sync(&out, r->id, r->payload, r->payload_len);
     else if (r->kind == AM_MSG_FORWARD)
         rc = am_encode_forward(&out, r->id, r, r->hops, r->ring_version);
+    else if (r->kind == AM_MSG_HANDOFF)
+        rc = am_encode_handoff(&out, r->id, r->type, r->type_len, r->epoch, r->seq, r->payload,
+                               r->payload_len);
     else
         rc = am_encode_call(&out, r->kind, r->id, r->type, r->type_len, r->actor, r->actor_len,
                             r->action, r->action_len, r->payload, r->payload_len);
@@ -65,7 +68,14 @@ static void check_reencode(const struct am_request *r)
     CHECK(q.kind == r->kind && q.id == r->id);
     if (r->kind == AM_MSG_FORWARD)
         CHECK(q.fwd_kind == r->fwd_kind && q.hops == r->hops && q.ring_version == r->ring_version);
-    if (r->kind == AM_MSG_SYNC) {
+    if (r->kind == AM_MSG_HANDOFF) {
+        CHECK(same(q.type, q.type_len, r->type, r->type_len));
+        CHECK(q.epoch == r->epoch && q.seq == r->seq && q.payload_len == r->payload_len);
+        CHECK(r->payload_len == 0 || memcmp(q.payload, r->payload, r->payload_len) == 0);
+    }
+    if (r->kind == AM_MSG_HANDOFF) {
+        /* checked above */
+    } else if (r->kind == AM_MSG_SYNC) {
         CHECK(q.payload_len == r->payload_len);
         CHECK(memcmp(q.payload, r->payload, r->payload_len) == 0);
     } else if (!simple) {
@@ -125,6 +135,13 @@ static void check_request(const uint8_t *body, size_t len)
         } else {
             CHECK(r.role + r.role_len == (const char *)end);
         }
+        break;
+    case AM_MSG_HANDOFF:
+        CHECK(inside(r.type, r.type_len, body, end));
+        CHECK(r.type_len >= 1 && r.type_len <= AM_MAX_TYPE + 1 + AM_MAX_ID);
+        CHECK(inside(r.payload, r.payload_len, body, end));
+        CHECK(r.payload + r.payload_len == end);
+        check_reencode(&r);
         break;
     case AM_MSG_ACTORS:
     case AM_MSG_STATUS:

@@ -293,6 +293,38 @@ Test(proto, round_trips_a_peer_hello_and_forwards_of_calls_casts_and_forwards)
     CHECK_LEAKS();
 }
 
+Test(proto, round_trips_a_handoff_and_refuses_a_str_for_its_state)
+{
+    static const uint8_t state[] = {0xcd, 0x01, 0x00}; /* 256 */
+    struct am_buf out;
+    size_t len;
+    struct am_request r;
+    am_buf_init(&out);
+    cr_assert_eq(am_encode_handoff(&out, 3, "counter/c1", 10, 7, UINT64_MAX, state, sizeof state),
+                 0);
+    const uint8_t *body = one_frame(&out, &len);
+    cr_assert_eq(am_request_decode(&r, body, len), 0);
+    cr_assert_eq(r.kind, AM_MSG_HANDOFF);
+    cr_assert_eq(r.id, 3);
+    cr_assert(streq(r.type, r.type_len, "counter/c1"));
+    cr_assert_eq(r.epoch, 7);
+    cr_assert_eq(r.seq, UINT64_MAX);
+    cr_assert_eq(r.payload_len, sizeof state);
+    cr_assert_eq(memcmp(r.payload, state, sizeof state), 0);
+    am_buf_close(&out);
+    /* The same fields with the state as a str: refused. */
+    struct msg m;
+    msg_init(&m);
+    head(&m, 6, AM_MSG_HANDOFF, 4);
+    str(&m, "counter/c1");
+    msgpack_pack_uint64(&m.pk, 1);
+    msgpack_pack_uint64(&m.pk, 1);
+    str(&m, "state");
+    cr_assert_eq(decode_req(&r, &m), AM_EPROTO);
+    msg_close(&m);
+    CHECK_LEAKS();
+}
+
 Test(proto, round_trips_a_reply)
 {
     static const uint8_t reply[] = {0x81, 0xa7, 'b', 'a',  'l',  'a',
@@ -680,7 +712,7 @@ Test(proto, refuses_a_forward_of_another_kind_or_too_many_hops)
 
 Test(proto, refuses_unknown_kinds_with_their_id)
 {
-    static const uint64_t kinds[] = {10, 11, 127, AM_MSG_REPLY, 255, 256, UINT32_MAX, UINT64_MAX};
+    static const uint64_t kinds[] = {11, 12, 127, AM_MSG_REPLY, 255, 256, UINT32_MAX, UINT64_MAX};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         struct msg m;
         msg_init(&m);
@@ -1004,6 +1036,11 @@ static int check_request(const uint8_t *in, size_t n)
             INSIDE(r.name, r.name_len);
             cr_assert(r.name_len >= 1 && r.name_len <= AM_MAX_PEER_NAME);
         }
+        break;
+    case AM_MSG_HANDOFF:
+        INSIDE(r.type, r.type_len);
+        INSIDE(r.payload, r.payload_len);
+        cr_assert(r.type_len >= 1 && r.type_len <= AM_MAX_TYPE + 1 + AM_MAX_ID);
         break;
     case AM_MSG_ACTORS:
     case AM_MSG_STATUS:
