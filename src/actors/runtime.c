@@ -698,6 +698,27 @@ static void on_sweep(uv_timer_t *h)
 
 /* ---- public ----------------------------------------------------------------- */
 
+size_t am_runtime_release(struct am_runtime *rt,
+                          int (*keep)(void *arg, const char *key, size_t len), void *arg)
+{
+    size_t left = 0;
+    struct actor *a = rt->lru_tail;
+    while (a) {
+        struct actor *prev = a->lru_prev;
+        if (!keep(arg, a->key, a->key_len)) {
+            if (quiescent(a)) {
+                actor_free(rt, a);
+            } else {
+                if (a->dirty)
+                    flush_actor(rt, a); /* its state first; freed by a later call */
+                left++;
+            }
+        }
+        a = prev;
+    }
+    return left;
+}
+
 int am_runtime_submit(struct am_runtime *rt, uint64_t req_id, const char *type, size_t type_len,
                       const char *id, size_t id_len, const char *action, size_t action_len,
                       const uint8_t *payload, size_t payload_len, am_reply_fn cb, void *ctx,

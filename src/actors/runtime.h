@@ -74,6 +74,14 @@ int am_runtime_submit(struct am_runtime *rt, uint64_t req_id, const char *type, 
 
 void am_runtime_get_stats(const struct am_runtime *rt, struct am_runtime_stats *st);
 
+/* Deactivates every active actor for which keep(arg, key, len) returns 0:
+ * at once when it has no message or write pending, else its state write is
+ * started and the actor stays until a later call finds it quiescent.
+ * Returns how many such actors remain active (call again later until 0).
+ * Used when this node stops owning actors. */
+size_t am_runtime_release(struct am_runtime *rt,
+                          int (*keep)(void *arg, const char *key, size_t len), void *arg);
+
 /* 1 when the actor of key ("type/id") is active here, else 0. */
 int am_runtime_is_active(const struct am_runtime *rt, const char *key, size_t len);
 

@@ -98,6 +98,7 @@ int am_request_decode(struct am_request *r, const uint8_t *body, size_t len)
     case AM_MSG_LEAVE:
     case AM_MSG_RING:
     case AM_MSG_ACTORS:
+    case AM_MSG_HANDOFF_DONE:
         if (n != 2)
             return AM_EPROTO;
         break;

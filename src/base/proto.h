@@ -26,6 +26,9 @@
  *                                                      of actor key ("type/id");
  *                                                      state: bin; only after
  *                                                      HELLO role "peer"
+ *   HANDOFF_DONE [11, req_id]                          a node has handed off to
+ *                                                      the receiver all it had
+ *                                                      for it; peer streams only
  *   REPLY  [128, req_id, status, body]                 body: reply object if
  *                                                      status is 0, else an
  *                                                      error message (str)
@@ -55,6 +58,7 @@ enum am_msg_kind {
     AM_MSG_FORWARD = 8,
     AM_MSG_ACTORS = 9,
     AM_MSG_HANDOFF = 10,
+    AM_MSG_HANDOFF_DONE = 11,
     AM_MSG_REPLY = 128,
 };
 
@@ -130,7 +134,8 @@ int am_encode_status(struct am_buf *out, uint64_t id);
 /* HANDOFF of the snapshot of key. */
 int am_encode_handoff(struct am_buf *out, uint64_t id, const char *key, size_t key_len,
                       uint64_t epoch, uint64_t seq, const uint8_t *state, size_t state_len);
-/* A message with no field but its id: STATUS, MEMBERS, LEAVE, RING or ACTORS. */
+/* A message with no field but its id: STATUS, MEMBERS, LEAVE, RING, ACTORS
+ * or HANDOFF_DONE. */
 int am_encode_simple(struct am_buf *out, int kind, uint64_t id);
 int am_encode_sync(struct am_buf *out, uint64_t id, const uint8_t *data, size_t len);
 int am_encode_reply(struct am_buf *out, uint64_t id, int status, const uint8_t *body,

@@ -691,10 +691,11 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
         return am_errf(err, errlen, -ENOMEM, "out of memory forwarding to %s", p->name);
     struct slot *s = &p->slots[i];
     uint64_t id = (uint64_t)s->gen << 32 | i;
-    int rc = r->kind == AM_MSG_HANDOFF
-                 ? am_encode_handoff(&p->out, id, r->type, r->type_len, r->epoch, r->seq,
-                                     r->payload, r->payload_len)
-                 : am_encode_forward(&p->out, id, r, hops, ring_version);
+    int rc =
+        r->kind == AM_MSG_HANDOFF ? am_encode_handoff(&p->out, id, r->type, r->type_len, r->epoch,
+                                                      r->seq, r->payload, r->payload_len)
+        : r->kind == AM_MSG_HANDOFF_DONE ? am_encode_simple(&p->out, AM_MSG_HANDOFF_DONE, id)
+                                         : am_encode_forward(&p->out, id, r, hops, ring_version);
     if (rc) {
         s->next = p->free_head;
         p->free_head = i;
@@ -714,7 +715,7 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
     if (p->pending++ == 0)
         p->last_read = now;
     ps->st.pending++;
-    if (r->kind == AM_MSG_HANDOFF)
+    if (r->kind == AM_MSG_HANDOFF || r->kind == AM_MSG_HANDOFF_DONE)
         ps->st.handoffs++;
     else
         ps->st.forwarded++;

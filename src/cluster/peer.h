@@ -77,8 +77,8 @@ int am_peers_new(struct am_peers **out, uv_loop_t *loop, const struct am_peers_o
 struct am_peer *am_peers_get(struct am_peers *ps, const char *name, const char *addr);
 
 /* Forwards a decoded CALL, CAST or FORWARD r with the given hop count, or
- * sends a HANDOFF r (key in type, state in payload; hops and ring_version
- * unused); the reply of the peer comes back the same way. cb
+ * sends a HANDOFF r (key in type, state in payload) or HANDOFF_DONE r
+ * (hops and ring_version unused); the peer's reply comes back the same way. cb
  * runs exactly once, later, with ctx and reply_id (never before this
  * returns). Returns 0, or a negative code and cb never runs: AM_EOVERLOAD
  * (queues full), AM_EUNAVAIL (peer unreachable, in backoff), AM_ESHUTDOWN,

@@ -96,6 +96,15 @@ uint64_t am_ring_key(const char *type, size_t tlen, const char *id, size_t ilen)
     return XXH3_64bits_digest(&st);
 }
 
+uint64_t am_ring_key_of(const char *key, size_t len)
+{
+    const char *slash = memchr(key, '/', len);
+    if (!slash)
+        return am_ring_key(key, len, "", 0);
+    size_t tlen = (size_t)(slash - key);
+    return am_ring_key(key, tlen, slash + 1, len - tlen - 1);
+}
+
 static int cmp_name(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);

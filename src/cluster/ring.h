@@ -90,6 +90,9 @@ void am_ring_free(struct am_ring *r); /* NULL is a no-op */
 
 /* The actor key of "type/id" (see above). */
 uint64_t am_ring_key(const char *type, size_t tlen, const char *id, size_t ilen);
+/* The same for a whole key "type/id" (split at its first '/'; a key
+ * without one hashes as type with an empty id). */
+uint64_t am_ring_key_of(const char *key, size_t len);
 
 /* The position of point i of a member named name[0..len) (see above). */
 uint64_t am_ring_point(const char *name, size_t len, uint32_t i);

@@ -17,6 +17,13 @@
 #define HANDOFF_WINDOW 128
 /* Failures logged one by one; the rest are counted. */
 #define LOG_FAILURES 10
+/* A snapshot whose stream failed (refused, reset, timed out, full) is sent
+ * again RETRY_MS later, at most RETRIES times: a newcomer refuses this
+ * node's peer stream until gossip has told it about this node. A receiver
+ * that refuses the snapshot itself (invalid_argument: not the owner, active
+ * there) is not asked again. */
+#define RETRY_MS 200
+#define RETRIES 25
 
 struct leave {
     struct am_handoff_env env;
@@ -27,28 +34,30 @@ struct leave {
     uint32_t *offs;         /* where each key starts in keys */
     size_t nkeys, cap, cursor, inflight;
     const struct am_ring *ring; /* borrowed while the keys are collected */
-    int self_idx;
-    struct am_buf state; /* scratch for one snapshot */
+    int self_idx;               /* this node in ring */
+    int next_self;              /* this node in next, or -1 */
+    struct am_buf state;        /* scratch for one snapshot */
     uint64_t started;
     void (*done)(void *arg);
     void *arg;
     int finished;
+    size_t sent, failed;     /* this handoff's */
+    uint8_t *tries;          /* per key */
+    uint32_t *later, *ready; /* keys to send again after the timer, and now */
+    size_t nlater, nready;
+    uv_timer_t timer;
 };
 
-static uint64_t key_hash(const char *key, size_t len)
-{
-    const char *slash = memchr(key, '/', len);
-    if (!slash) /* not a "type/id" key: hashed whole, owned by someone all the same */
-        return am_ring_key(key, len, "", 0);
-    return am_ring_key(key, (size_t)(slash - key), slash + 1, len - (size_t)(slash - key) - 1);
-}
-
-/* am_store_each_key: keeps the keys this node owns. */
+/* am_store_each_key: keeps the keys this node owns by the old ring and
+ * another member owns by the new one. */
 static int collect(void *arg, const char *key, size_t len)
 {
     struct leave *l = arg;
-    if (am_ring_owner(l->ring, key_hash(key, len)) != l->self_idx)
-        return 0; /* a copy from an earlier view: another member owns it */
+    uint64_t h = am_ring_key_of(key, len);
+    if (am_ring_owner(l->ring, h) != l->self_idx)
+        return 0; /* a copy from an earlier view: another member owned it */
+    if (l->next_self >= 0 && am_ring_owner(l->next, h) == l->next_self)
+        return 0; /* still ours */
     if (l->nkeys == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 1024;
         uint32_t *o = am_realloc(l->offs, cap * sizeof *o);
@@ -67,14 +76,23 @@ static int collect(void *arg, const char *key, size_t len)
     return 0;
 }
 
-static void leave_free(struct leave *l)
+static void on_timer_closed(uv_handle_t *h)
 {
+    struct leave *l = h->data;
     am_ring_free(l->next);
     am_free(l->peers);
     am_free(l->offs);
+    am_free(l->tries);
+    am_free(l->later);
+    am_free(l->ready);
     am_buf_close(&l->keys);
     am_buf_close(&l->state);
     am_free(l);
+}
+
+static void leave_free(struct leave *l)
+{
+    uv_close((uv_handle_t *)&l->timer, on_timer_closed);
 }
 
 static void pump(struct leave *l);
@@ -85,14 +103,13 @@ static void finish(struct leave *l)
         return;
     l->finished = 1;
     uint64_t ms = uv_now(l->env.loop) - l->started;
-    if (l->st->failed)
-        am_log_warn("handed off %llu of %zu actors in %llu ms; %llu could not be and stay in "
+    if (l->failed)
+        am_log_warn("handed off %zu of %zu actors in %llu ms; %zu could not be and stay in "
                     "this node's data directory",
-                    (unsigned long long)l->st->sent, l->nkeys, (unsigned long long)ms,
-                    (unsigned long long)l->st->failed);
-    else
-        am_log_info("handed off %llu actors to their next owners in %llu ms",
-                    (unsigned long long)l->st->sent, (unsigned long long)ms);
+                    l->sent, l->nkeys, (unsigned long long)ms, l->failed);
+    else if (l->nkeys)
+        am_log_info("handed off %zu actors to their next owners in %llu ms", l->sent,
+                    (unsigned long long)ms);
     void (*done)(void *) = l->done;
     void *arg = l->arg;
     leave_free(l);
@@ -101,8 +118,31 @@ static void finish(struct leave *l)
 
 static void failed(struct leave *l, const char *key, const char *why)
 {
-    if (l->st->failed++ < LOG_FAILURES)
+    l->st->failed++;
+    if (l->failed++ < LOG_FAILURES)
         am_log_warn("cannot hand off %s: %s", key, why);
+}
+
+static void on_retry(uv_timer_t *h)
+{
+    struct leave *l = h->data;
+    memcpy(l->ready + l->nready, l->later, l->nlater * sizeof *l->later);
+    l->nready += l->nlater;
+    l->nlater = 0;
+    pump(l);
+}
+
+/* 1 when key idx will be sent again (a failure of its stream), else 0. */
+static int again(struct leave *l, size_t idx, int status)
+{
+    if ((status != AM_ST_UNAVAILABLE && status != AM_ST_TIMEOUT && status != AM_ST_OVERLOADED) ||
+        l->tries[idx] >= RETRIES)
+        return 0;
+    l->tries[idx]++;
+    l->later[l->nlater++] = (uint32_t)idx;
+    if (!uv_is_active((uv_handle_t *)&l->timer))
+        uv_timer_start(&l->timer, on_retry, RETRY_MS, 0);
+    return 1;
 }
 
 static void on_reply(void *ctx, uint64_t idx, int status, const uint8_t *body, size_t len)
@@ -110,8 +150,13 @@ static void on_reply(void *ctx, uint64_t idx, int status, const uint8_t *body, s
     struct leave *l = ctx;
     const char *key = (const char *)l->keys.data + l->offs[idx];
     l->inflight--;
+    if (status != AM_ST_OK && again(l, idx, status)) {
+        pump(l);
+        return;
+    }
     if (status == AM_ST_OK) {
         l->st->sent++;
+        l->sent++;
     } else {
         char why[200];
         const char *msg = "";
@@ -130,8 +175,8 @@ static void on_reply(void *ctx, uint64_t idx, int status, const uint8_t *body, s
 static void pump(struct leave *l)
 {
     char err[300];
-    while (l->inflight < HANDOFF_WINDOW && l->cursor < l->nkeys) {
-        size_t idx = l->cursor++;
+    while (l->inflight < HANDOFF_WINDOW && (l->cursor < l->nkeys || l->nready)) {
+        size_t idx = l->nready ? l->ready[--l->nready] : l->cursor++;
         const char *key = (const char *)l->keys.data + l->offs[idx];
         size_t len = strlen(key);
         struct am_request r;
@@ -149,73 +194,139 @@ static void pump(struct leave *l)
         }
         r.payload = l->state.data;
         r.payload_len = (uint32_t)l->state.len;
-        struct am_peer *p = l->peers[am_ring_owner(l->next, key_hash(key, len))];
+        struct am_peer *p = l->peers[am_ring_owner(l->next, am_ring_key_of(key, len))];
         if (!p) {
             failed(l, key, "its next owner has no peer stream");
             continue;
         }
         rc = am_peer_forward(p, &r, 0, 0, idx, on_reply, l, err, sizeof err);
         if (rc == AM_EOVERLOAD && l->inflight > 0) {
-            l->cursor--; /* the stream is full: again when a reply frees room */
+            l->ready[l->nready++] = (uint32_t)idx; /* again when a reply frees room */
             break;
         }
-        if (rc) {
+        if (rc && !again(l, idx, am_status_of(rc)))
             failed(l, key, err);
+        if (rc)
             continue;
-        }
         l->inflight++;
     }
-    if (l->cursor == l->nkeys && l->inflight == 0)
+    if (l->cursor == l->nkeys && l->inflight == 0 && l->nready == 0 && l->nlater == 0)
         finish(l);
 }
 
-int am_handoff_leave(const struct am_handoff_env *env, const struct am_ring *ring, int self_idx,
-                     struct am_handoff_stats *st, void (*done)(void *arg), void *arg)
+/* Hands off what moves from ring (this node at self_idx) to next (which l
+ * owns and this function frees on error). */
+static int move(struct leave *l, const struct am_ring *ring, int self_idx, const char *what)
 {
-    size_t count = ring ? am_ring_count(ring) : 0;
-    struct leave *l = am_calloc(1, sizeof *l);
-    if (!l)
-        return -ENOMEM;
-    l->env = *env;
-    l->st = st;
-    l->done = done;
-    l->arg = arg;
     l->ring = ring;
     l->self_idx = self_idx;
-    l->started = uv_now(env->loop);
-    am_buf_init(&l->keys);
-    am_buf_init(&l->state);
-    if (self_idx < 0 || count < 2) {
-        finish(l); /* alone, or not in the ring: nobody to hand anything to */
-        return 0;
-    }
-    /* The ring the others will build once this node is gone. */
-    const char **names = am_malloc((count - 1) * sizeof *names);
-    int rc = names ? 0 : -ENOMEM;
-    size_t k = 0;
-    for (size_t i = 0; !rc && i < count; i++)
-        if ((int)i != self_idx)
-            names[k++] = am_ring_member(ring, (int)i);
-    if (!rc)
-        rc = am_ring_build(&l->next, names, k, am_ring_vnodes(ring));
-    am_free(names);
-    if (!rc && !(l->peers = am_calloc(k, sizeof *l->peers)))
-        rc = -ENOMEM;
+    l->next_self = am_ring_find(l->next, l->env.self);
+    size_t k = am_ring_count(l->next);
+    int rc = (l->peers = am_calloc(k ? k : 1, sizeof *l->peers)) ? 0 : -ENOMEM;
     for (size_t i = 0; !rc && i < k; i++) {
         struct am_swim_member m;
-        if (am_swim_find(env->core, am_ring_member(l->next, (int)i), &m) == 0)
-            l->peers[i] = am_peers_get(env->peers, m.name, m.addr);
+        if ((int)i != l->next_self &&
+            am_swim_find(l->env.core, am_ring_member(l->next, (int)i), &m) == 0)
+            l->peers[i] = am_peers_get(l->env.peers, m.name, m.addr);
     }
     if (!rc)
-        rc = am_store_each_key(env->store, collect, l);
+        rc = am_store_each_key(l->env.store, collect, l);
+    if (!rc && l->nkeys &&
+        (!(l->tries = am_calloc(l->nkeys, 1)) || !(l->later = am_malloc(l->nkeys * 4)) ||
+         !(l->ready = am_malloc(l->nkeys * 4))))
+        rc = -ENOMEM;
     if (rc) {
         leave_free(l);
         return rc;
     }
     l->ring = NULL;
-    am_log_info("handing off %zu actors to %zu members before leaving", l->nkeys, k);
+    if (l->nkeys)
+        am_log_info("handing off %zu actors %s", l->nkeys, what);
     pump(l);
     return 0;
+}
+
+static struct leave *leave_new(const struct am_handoff_env *env, struct am_handoff_stats *st,
+                               void (*done)(void *arg), void *arg)
+{
+    struct leave *l = am_calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    l->env = *env;
+    l->st = st;
+    l->done = done;
+    l->arg = arg;
+    l->started = uv_now(env->loop);
+    am_buf_init(&l->keys);
+    am_buf_init(&l->state);
+    uv_timer_init(env->loop, &l->timer);
+    l->timer.data = l;
+    return l;
+}
+
+/* A ring of the members of r but one (skip, an index of r; -1: none). */
+static int ring_without(const struct am_ring *r, int skip, struct am_ring **out)
+{
+    size_t count = am_ring_count(r), k = 0;
+    const char **names = am_malloc((count ? count : 1) * sizeof *names);
+    if (!names)
+        return -ENOMEM;
+    for (size_t i = 0; i < count; i++)
+        if ((int)i != skip)
+            names[k++] = am_ring_member(r, (int)i);
+    int rc = am_ring_build(out, names, k, am_ring_vnodes(r));
+    am_free(names);
+    return rc;
+}
+
+int am_handoff_leave(const struct am_handoff_env *env, const struct am_ring *ring, int self_idx,
+                     struct am_handoff_stats *st, void (*done)(void *arg), void *arg)
+{
+    struct leave *l = leave_new(env, st, done, arg);
+    if (!l)
+        return -ENOMEM;
+    if (!ring || self_idx < 0 || am_ring_count(ring) < 2) {
+        finish(l); /* alone, or not in the ring: nobody to hand anything to */
+        return 0;
+    }
+    /* The ring the others will build once this node is gone. */
+    int rc = ring_without(ring, self_idx, &l->next);
+    if (rc) {
+        leave_free(l);
+        return rc;
+    }
+    return move(l, ring, self_idx, "to their next owners before leaving");
+}
+
+int am_handoff_move(const struct am_handoff_env *env, const struct am_ring *from,
+                    const struct am_ring *to, struct am_handoff_stats *st, void (*done)(void *arg),
+                    void *arg)
+{
+    struct leave *l = leave_new(env, st, done, arg);
+    if (!l)
+        return -ENOMEM;
+    int self_idx = from ? am_ring_find(from, env->self) : -1;
+    if (!from || !to || self_idx < 0 || am_ring_count(to) == 0) {
+        finish(l);
+        return 0;
+    }
+    int rc = ring_without(to, -1, &l->next);
+    if (rc) {
+        leave_free(l);
+        return rc;
+    }
+    return move(l, from, self_idx, "to the members that joined");
+}
+
+int am_handoff_previous_owner(const struct am_ring *ring, const struct am_ring *without_self,
+                              int self_idx, const char *key, size_t len, const char **prev)
+{
+    uint64_t h = am_ring_key_of(key, len);
+    if (!ring || !without_self || self_idx < 0 || am_ring_owner(ring, h) != self_idx ||
+        am_ring_count(without_self) == 0)
+        return 0;
+    *prev = am_ring_member(without_self, am_ring_owner(without_self, h));
+    return 1;
 }
 
 /* ---- the receiving side ---- */
@@ -253,24 +364,30 @@ static void on_stored(struct am_store_write *w, int status)
     am_free(t);
 }
 
-int am_handoff_take(const struct am_handoff_env *env, const struct am_ring *ring, const char *peer,
+int am_handoff_take(const struct am_handoff_env *env, const struct am_ring *ring,
+                    const struct am_ring *without_self, int waiting, const char *peer,
                     const struct am_request *r, am_reply_fn cb, void *ctx,
                     struct am_handoff_stats *st, char *err, size_t errlen)
 {
     const char *key = r->type;
     size_t len = r->type_len;
-    int owner = ring ? am_ring_owner(ring, key_hash(key, len)) : -1;
-    if (owner < 0 || strcmp(am_ring_member(ring, owner), peer) != 0) {
+    int owner = ring ? am_ring_owner(ring, am_ring_key_of(key, len)) : -1;
+    const char *prev = NULL;
+    int self_idx = ring ? am_ring_find(ring, env->self) : -1;
+    int from_previous = waiting &&
+                        am_handoff_previous_owner(ring, without_self, self_idx, key, len, &prev) &&
+                        strcmp(prev, peer) == 0;
+    if (!from_previous && (owner < 0 || strcmp(am_ring_member(ring, owner), peer) != 0)) {
         st->refused++;
-        return am_errf(err, errlen, AM_EUNAVAIL,
+        return am_errf(err, errlen, AM_EINVAL,
                        "%s does not own %.*s by %s's ring (%s does); handoff not taken", peer,
                        (int)len, key, env->self,
                        owner < 0 ? "nobody" : am_ring_member(ring, owner));
     }
     if (am_runtime_is_active(env->rt, key, len)) {
         st->refused++;
-        return am_errf(err, errlen, AM_EUNAVAIL, "%.*s is active on %s; handoff not taken",
-                       (int)len, key, env->self);
+        return am_errf(err, errlen, AM_EINVAL, "%.*s is active on %s; handoff not taken", (int)len,
+                       key, env->self);
     }
     if (r->payload_len == 0) {
         st->refused++;

@@ -15,10 +15,17 @@
  * otherwise it refuses it (unavailable) and the sender counts it failed and
  * logs it: its copy stays in its own data directory.
  *
- * What this does not cover (yet): a joining node does not receive the state
- * of the actors it takes over, a node that dies hands nothing off (no
- * replicas), and calls that reach the leaving node while it hands off wait
- * for their --forward-timeout at the node that forwarded them. */
+ * When members join, every node hands the snapshots of the actors that the
+ * newcomers now own to them (am_handoff_move), after it has deactivated
+ * those actors, then tells each newcomer it is done (HANDOFF_DONE). A node
+ * that joins holds the calls for the actors it gained from a member until
+ * that member's HANDOFF_DONE, its departure, or a bound (node.c), so that
+ * it never serves them from empty or stale state while their owner can
+ * still hand them over.
+ *
+ * Not covered: a node that dies hands nothing off (no replicas yet), and
+ * calls that reach a leaving node while it hands off wait for their
+ * --forward-timeout at the node that forwarded them. */
 #ifndef AM_HANDOFF_H
 #define AM_HANDOFF_H
 
@@ -57,11 +64,26 @@ struct am_handoff_stats {
 int am_handoff_leave(const struct am_handoff_env *env, const struct am_ring *ring, int self_idx,
                      struct am_handoff_stats *st, void (*done)(void *arg), void *arg);
 
-/* A HANDOFF r from the peer named peer: stored when peer owns the actor by
- * ring and it is not active here; cb(ctx, r->id, status, body, len) runs
- * once it is on disk (or failed). Returns 0, or a negative code with err set
- * (cb never runs). */
-int am_handoff_take(const struct am_handoff_env *env, const struct am_ring *ring, const char *peer,
+/* Hands off every stored snapshot this node owned by from and another
+ * member owns by to (a ring change: members joined), as am_handoff_leave. */
+int am_handoff_move(const struct am_handoff_env *env, const struct am_ring *from,
+                    const struct am_ring *to, struct am_handoff_stats *st, void (*done)(void *arg),
+                    void *arg);
+
+/* 1 and *prev set when this node (self_idx in ring) owns key and another
+ * member owned it before this node was in the ring (its owner by
+ * without_self, ring without this node), else 0. */
+int am_handoff_previous_owner(const struct am_ring *ring, const struct am_ring *without_self,
+                              int self_idx, const char *key, size_t len, const char **prev);
+
+/* A HANDOFF r from the peer named peer: stored when the actor is not
+ * active here and either peer owns it by ring (peer is leaving), or this
+ * node waits for peer's handoff (waiting: this node joined) and peer owned
+ * the actor before this node was in the ring (its owner by without_self).
+ * cb(ctx, r->id, status, body, len) runs once it is on disk (or failed).
+ * Returns 0, or a negative code with err set (cb never runs). */
+int am_handoff_take(const struct am_handoff_env *env, const struct am_ring *ring,
+                    const struct am_ring *without_self, int waiting, const char *peer,
                     const struct am_request *r, am_reply_fn cb, void *ctx,
                     struct am_handoff_stats *st, char *err, size_t errlen);
 

@@ -59,7 +59,25 @@ struct node {
     struct am_peers *peers;
     uint64_t routed, forwards_in, hop_limited, ring_mismatches;
     struct am_handoff_stats handoff;
+    /* Handoff to members that join (handoff.h). base: the ring this node
+     * last handed off from; a move hands what changed owner from base to
+     * the current ring, once the actors this node stopped owning are
+     * released. waiting: the members a joining node waits for (their
+     * HANDOFF_DONE), with wo_self the ring without this node and held the
+     * calls held meanwhile. */
+    struct am_ring *base;
+    int moving, seen_others;
+    struct waiting *waiting;
+    size_t nwaiting;
+    struct am_ring *wo_self;
+    struct held *held, **held_tail;
+    size_t nheld;
+    uint64_t held_total, hold_expired;
+    uv_timer_t hold_timer;
+    struct done_out *dones; /* HANDOFF_DONEs to deliver (retried) */
+    uv_timer_t done_timer;
     uv_timer_t ring_timer;
+    uv_timer_t release_timer; /* deactivates actors this node stopped owning */
     int ring_timer_open;
     uint64_t ring_builds;
     uint8_t key[AM_KEY_BYTES];
@@ -181,7 +199,10 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "bad_frames", ps.bad_frames) ||
            pack_kv_u64(pk, "bytes_in", ps.bytes_in) || pack_kv_u64(pk, "bytes_out", ps.bytes_out) ||
            pack_kv_u64(pk, "timeout_ms", n->cfg.forward_timeout_ms) ||
-           am_mp_pack_str(pk, "handoff", 7) || msgpack_pack_map(pk, 4) ||
+           am_mp_pack_str(pk, "handoff", 7) || msgpack_pack_map(pk, 8) ||
+           pack_kv_u64(pk, "waiting", n->nwaiting) || pack_kv_u64(pk, "held", n->nheld) ||
+           pack_kv_u64(pk, "held_total", n->held_total) ||
+           pack_kv_u64(pk, "hold_expired", n->hold_expired) ||
            pack_kv_u64(pk, "sent", n->handoff.sent) ||
            pack_kv_u64(pk, "failed", n->handoff.failed) ||
            pack_kv_u64(pk, "received", n->handoff.received) ||
@@ -191,6 +212,30 @@ static int pack_status(void *arg, msgpack_packer *pk)
 /* A member change reaches the ring this long after it (later changes
  * within the delay join the same build). */
 #define RING_DELAY_MS 50
+
+static void on_release_timer(uv_timer_t *h);
+static void ring_joined(struct node *n);
+static void send_done(struct node *n, const struct am_ring *from, const struct am_ring *to,
+                      uint64_t delay_ms);
+static void waiting_prune(struct node *n);
+static int route(void *arg, const struct am_request *r, am_reply_fn cb, void *ctx, char *err,
+                 size_t errlen);
+
+/* A copy of r's members as a new ring (NULL when out of memory). */
+static struct am_ring *ring_copy(const struct am_ring *r)
+{
+    size_t count = am_ring_count(r);
+    const char **names = am_malloc((count ? count : 1) * sizeof *names);
+    struct am_ring *out = NULL;
+    if (!names)
+        return NULL;
+    for (size_t i = 0; i < count; i++)
+        names[i] = am_ring_member(r, (int)i);
+    if (am_ring_build(&out, names, count, am_ring_vnodes(r)))
+        out = NULL;
+    am_free(names);
+    return out;
+}
 
 /* Builds the ring from the view: every alive or suspect member. */
 static void ring_rebuild(struct node *n)
@@ -231,6 +276,11 @@ static void ring_rebuild(struct node *n)
     am_free(n->ring_peers);
     n->ring = r;
     n->ring_peers = peers;
+    if (live > 1 && !n->seen_others)
+        ring_joined(n);
+    waiting_prune(n);
+    if (n->ring_timer_open && (live > 1 || n->self_idx < 0))
+        uv_timer_start(&n->release_timer, on_release_timer, 0, 0);
     n->ring_builds++;
     am_log_debug("ring %016llx: %zu members", (unsigned long long)am_ring_version(r), live);
 }
@@ -238,6 +288,420 @@ static void ring_rebuild(struct node *n)
 static void on_ring_timer(uv_timer_t *h)
 {
     ring_rebuild(h->data);
+}
+
+/* After a ring change, the actors this node no longer owns are deactivated
+ * (their state written first), so that an actor is active on its owner
+ * only: at once when quiet, else retried every RELEASE_RETRY_MS until their
+ * messages and writes are done. Calls for them already go to the new owner. */
+#define RELEASE_RETRY_MS 50
+
+static int owned_here(void *arg, const char *key, size_t len)
+{
+    struct node *n = arg;
+    return am_ring_owner(n->ring, am_ring_key_of(key, len)) == n->self_idx;
+}
+
+static void maybe_move(struct node *n);
+
+static void on_release_timer(uv_timer_t *h)
+{
+    struct node *n = h->data;
+    if (n->stopping || !n->ring || am_ring_count(n->ring) == 0)
+        return;
+    if (am_runtime_release(n->rt, owned_here, n))
+        uv_timer_start(h, on_release_timer, RELEASE_RETRY_MS, 0);
+    else
+        maybe_move(n);
+}
+
+/* ---- handoff to members that join ---------------------------------------- */
+
+/* How long a joining node holds the calls for the actors it gained from a
+ * member that has not said HANDOFF_DONE: three quarters of
+ * --forward-timeout, so that a held call forwarded by another node is
+ * answered before that node gives up on it; then it serves them from what
+ * its own data directory holds (and logs it). */
+#define HOLD_MS(n) ((uint64_t)(n)->cfg.forward_timeout_ms * 3 / 4)
+/* Calls held at once, at most; beyond, `unavailable` (retry). */
+#define HOLD_MAX 65536
+/* A joining node's HANDOFF_DONE to the members it met goes out this long
+ * after it met them (see ring_joined). */
+#define JOIN_DONE_DELAY_MS 1000
+
+struct waiting {
+    char name[AM_MAX_PEER_NAME + 1];
+    uint64_t until;
+};
+
+/* A call held while its actor's previous owner hands it over: a copy of
+ * the request, and whom to answer. */
+struct held {
+    struct held *next;
+    am_reply_fn cb;
+    void *ctx;
+    struct am_request r;
+    uint8_t bytes[]; /* type, id, action, payload */
+};
+
+static struct am_handoff_env handoff_env(struct node *n);
+
+static int is_waiting(const struct node *n, const char *name)
+{
+    for (size_t i = 0; i < n->nwaiting; i++)
+        if (strcmp(n->waiting[i].name, name) == 0)
+            return 1;
+    return 0;
+}
+
+/* Runs each held call again (routing, then here or onwards); the ones still
+ * waiting are held again. */
+static void release_held(struct node *n)
+{
+    struct held *list = n->held;
+    n->held = NULL;
+    n->held_tail = &n->held;
+    n->nheld = 0;
+    char err[400];
+    while (list) {
+        struct held *h = list;
+        list = h->next;
+        struct am_request *r = &h->r;
+        int kind = r->kind == AM_MSG_FORWARD ? r->fwd_kind : r->kind;
+        int rc = route(n, r, h->cb, h->ctx, err, sizeof err);
+        if (rc == 0) {
+            rc = am_runtime_submit(n->rt, r->id, r->type, r->type_len, r->actor, r->actor_len,
+                                   r->action, r->action_len, r->payload, r->payload_len,
+                                   kind == AM_MSG_CALL ? h->cb : NULL, h->ctx, err, sizeof err);
+            if (rc == 0 && kind != AM_MSG_CALL)
+                h->cb(h->ctx, r->id, AM_ST_OK, (const uint8_t *)"\xc0", 1);
+        }
+        if (rc < 0) {
+            uint8_t body[260];
+            size_t len = strlen(err) > 255 ? 255 : strlen(err);
+            body[0] = 0xd9;
+            body[1] = (uint8_t)len;
+            memcpy(body + 2, err, len);
+            h->cb(h->ctx, r->id, am_status_of(rc), body, len + 2);
+        }
+        am_free(h);
+    }
+}
+
+static void waiting_remove(struct node *n, size_t i, const char *why)
+{
+    am_log_info("no longer waiting for %s's handoff: %s", n->waiting[i].name, why);
+    n->waiting[i] = n->waiting[--n->nwaiting];
+    if (n->nwaiting == 0) {
+        am_ring_free(n->wo_self);
+        n->wo_self = NULL;
+        uv_timer_stop(&n->hold_timer);
+    }
+}
+
+/* Drops the members that left the ring from waiting, rebuilds the ring
+ * without this node for the others, and runs the held calls again. */
+static void waiting_prune(struct node *n)
+{
+    if (n->nwaiting == 0)
+        return;
+    for (size_t i = 0; i < n->nwaiting;) {
+        if (am_ring_find(n->ring, n->waiting[i].name) < 0)
+            waiting_remove(n, i, "it is no longer a member");
+        else
+            i++;
+    }
+    if (n->nwaiting) {
+        struct am_ring *w = NULL;
+        size_t count = am_ring_count(n->ring), k = 0;
+        const char **names = am_malloc((count ? count : 1) * sizeof *names);
+        if (names) {
+            for (size_t i = 0; i < count; i++)
+                if ((int)i != n->self_idx)
+                    names[k++] = am_ring_member(n->ring, (int)i);
+            if (am_ring_build(&w, names, k, AM_RING_VNODES))
+                w = NULL;
+            am_free(names);
+        }
+        am_ring_free(n->wo_self);
+        n->wo_self = w;
+        if (!w) { /* out of memory: stop holding rather than hold blind */
+            n->nwaiting = 0;
+            am_log_warn("out of memory: not waiting for handoffs");
+        }
+    }
+    release_held(n);
+}
+
+static void on_hold_timer(uv_timer_t *h)
+{
+    struct node *n = h->data;
+    uint64_t now = uv_now(&n->loop);
+    size_t before = n->nwaiting;
+    for (size_t i = 0; i < n->nwaiting;) {
+        if (now >= n->waiting[i].until) {
+            n->hold_expired++;
+            am_log_warn("%s did not finish its handoff in %llu ms; its former actors start "
+                        "from what is here",
+                        n->waiting[i].name, (unsigned long long)HOLD_MS(n));
+            waiting_remove(n, i, "timed out");
+        } else {
+            i++;
+        }
+    }
+    if (n->nwaiting != before)
+        release_held(n);
+}
+
+/* The first ring with other members: a node started with --join waits for
+ * the handoff of every other member before it serves the actors it gained
+ * from them, and hands nothing off itself from its time alone (it was not
+ * the cluster; its data directory may hold old copies). A node started
+ * without --join (the first of a cluster) hands off what moved as usual. */
+static void ring_joined(struct node *n)
+{
+    n->seen_others = 1;
+    if (!n->cfg.njoins || n->self_idx < 0)
+        return;
+    am_ring_free(n->base);
+    n->base = ring_copy(n->ring);
+    /* Another node joining at the same time may wait for this one, which
+     * has nothing for it: told so once gossip has had a moment to tell the
+     * others about this node (they refuse its peer stream until then). */
+    send_done(n, NULL, n->ring, JOIN_DONE_DELAY_MS);
+    size_t count = am_ring_count(n->ring);
+    n->waiting = am_calloc(count, sizeof *n->waiting);
+    if (!n->waiting)
+        return;
+    uint64_t until = uv_now(&n->loop) + HOLD_MS(n);
+    for (size_t i = 0; i < count; i++) {
+        if ((int)i == n->self_idx)
+            continue;
+        snprintf(n->waiting[n->nwaiting].name, sizeof n->waiting[n->nwaiting].name, "%s",
+                 am_ring_member(n->ring, (int)i));
+        n->waiting[n->nwaiting++].until = until;
+    }
+    am_log_info("joined: holding calls for the actors %zu members hand over, at most %llu ms",
+                n->nwaiting, (unsigned long long)HOLD_MS(n));
+    uv_timer_start(&n->hold_timer, on_hold_timer, 100, 100);
+}
+
+/* route(): 1 when the call was held (its actor's previous owner has not
+ * handed it over yet), 0 when it may run here, or a negative code. */
+static int maybe_hold(struct node *n, const struct am_request *r, am_reply_fn cb, void *ctx,
+                      char *err, size_t errlen)
+{
+    char key[AM_MAX_TYPE + 1 + AM_MAX_ID + 1];
+    const char *prev;
+    int len = snprintf(key, sizeof key, "%.*s/%.*s", (int)r->type_len, r->type, (int)r->actor_len,
+                       r->actor);
+    if (!am_handoff_previous_owner(n->ring, n->wo_self, n->self_idx, key, (size_t)len, &prev) ||
+        !is_waiting(n, prev))
+        return 0;
+    if (n->nheld >= HOLD_MAX)
+        return am_errf(err, errlen, AM_EUNAVAIL,
+                       "%s is taking over %s from %s and holds %d calls already; retry",
+                       n->cfg.name, key, prev, HOLD_MAX);
+    size_t bytes = r->type_len + r->actor_len + r->action_len + r->payload_len;
+    struct held *h = am_malloc(sizeof *h + bytes);
+    if (!h)
+        return am_errf(err, errlen, AM_EOVERLOAD, "out of memory holding a call; retry");
+    h->next = NULL;
+    h->cb = cb;
+    h->ctx = ctx;
+    h->r = *r;
+    uint8_t *p = h->bytes;
+    memcpy(p, r->type, r->type_len);
+    h->r.type = (const char *)p;
+    p += r->type_len;
+    memcpy(p, r->actor, r->actor_len);
+    h->r.actor = (const char *)p;
+    p += r->actor_len;
+    memcpy(p, r->action, r->action_len);
+    h->r.action = (const char *)p;
+    p += r->action_len;
+    memcpy(p, r->payload, r->payload_len);
+    h->r.payload = p;
+    h->r.role = h->r.name = NULL;
+    *n->held_tail = h;
+    n->held_tail = &h->next;
+    n->nheld++;
+    n->held_total++;
+    return 1;
+}
+
+struct move {
+    struct node *n;
+    struct am_ring *to;
+};
+
+/* A HANDOFF_DONE to deliver. A newcomer may refuse this node's peer
+ * stream until gossip has told it about this node, so a failed one is sent
+ * again every DONE_RETRY_MS while the member is on the ring, for at most
+ * DONE_TRIES attempts. */
+#define DONE_RETRY_MS 200
+#define DONE_TRIES 100
+
+struct done_out {
+    struct done_out *next;
+    struct node *n;
+    uint64_t at;
+    unsigned tries;
+    int sending;
+    char name[AM_MAX_PEER_NAME + 1];
+};
+
+static void done_unlink(struct node *n, struct done_out *d)
+{
+    struct done_out **pp = &n->dones;
+    while (*pp != d)
+        pp = &(*pp)->next;
+    *pp = d->next;
+    am_free(d);
+}
+
+static void on_done_timer(uv_timer_t *h);
+
+static void on_done_reply(void *ctx, uint64_t id, int status, const uint8_t *body, size_t len)
+{
+    struct done_out *d = ctx;
+    struct node *n = d->n;
+    (void)id, (void)body, (void)len;
+    d->sending = 0;
+    if (status == AM_ST_OK || n->stopping) {
+        done_unlink(n, d);
+        return;
+    }
+    d->at = uv_now(&n->loop) + DONE_RETRY_MS;
+    if (!uv_is_active((uv_handle_t *)&n->done_timer))
+        uv_timer_start(&n->done_timer, on_done_timer, DONE_RETRY_MS, 0);
+}
+
+static void on_done_timer(uv_timer_t *h)
+{
+    struct node *n = h->data;
+    uint64_t now = uv_now(&n->loop), next = 0;
+    char err[300];
+    struct done_out *d = n->dones;
+    while (d) {
+        struct done_out *following = d->next;
+        struct am_swim_member sm;
+        if (d->sending) {
+            d = following;
+            continue;
+        }
+        if (n->stopping || !n->ring || am_ring_find(n->ring, d->name) < 0 ||
+            d->tries >= DONE_TRIES || am_swim_find(am_gossip_core(n->gossip), d->name, &sm)) {
+            if (!n->stopping && d->tries >= DONE_TRIES)
+                am_log_warn("could not tell %s the handoff is done", d->name);
+            done_unlink(n, d);
+            d = following;
+            continue;
+        } else if (d->at <= now) {
+            struct am_peer *p = am_peers_get(n->peers, sm.name, sm.addr);
+            struct am_request r = {.kind = AM_MSG_HANDOFF_DONE};
+            d->tries++;
+            if (p && am_peer_forward(p, &r, 0, 0, 0, on_done_reply, d, err, sizeof err) == 0)
+                d->sending = 1;
+            else
+                d->at = now + DONE_RETRY_MS;
+        }
+        if (!d->sending && (next == 0 || d->at < next))
+            next = d->at;
+        d = following;
+    }
+    if (next)
+        uv_timer_start(&n->done_timer, on_done_timer, next > now ? next - now : 0, 0);
+}
+
+/* Tells each member of to that is not in from (NULL: every other member)
+ * that this node has handed it everything it had for it, after delay_ms. */
+static void send_done(struct node *n, const struct am_ring *from, const struct am_ring *to,
+                      uint64_t delay_ms)
+{
+    for (size_t i = 0; n->peers && !n->stopping && i < am_ring_count(to); i++) {
+        const char *name = am_ring_member(to, (int)i);
+        if (strcmp(name, n->cfg.name) == 0 || (from && am_ring_find(from, name) >= 0))
+            continue;
+        struct done_out *d = am_calloc(1, sizeof *d);
+        if (!d) {
+            am_log_warn("out of memory: cannot tell %s the handoff is done", name);
+            continue;
+        }
+        d->n = n;
+        d->at = uv_now(&n->loop) + delay_ms;
+        snprintf(d->name, sizeof d->name, "%s", name);
+        d->next = n->dones;
+        n->dones = d;
+    }
+    if (n->dones)
+        uv_timer_start(&n->done_timer, on_done_timer, delay_ms, 0);
+}
+
+/* A move finished: each member that is in the new ring and was not in the
+ * old one is told this node has handed it everything. */
+static void on_moved(void *arg)
+{
+    struct move *m = arg;
+    struct node *n = m->n;
+    send_done(n, n->base, m->to, 0);
+    am_ring_free(n->base);
+    n->base = m->to;
+    am_free(m);
+    n->moving = 0;
+    maybe_move(n);
+}
+
+/* Hands what changed owner since base to its new owners (one move at a
+ * time; a ring change during a move starts another after it). */
+static void maybe_move(struct node *n)
+{
+    if (n->moving || n->stopping || !n->ring || !n->peers)
+        return;
+    if (!n->base) {
+        n->base = ring_copy(n->ring);
+        return;
+    }
+    if (am_ring_version(n->base) == am_ring_version(n->ring))
+        return;
+    struct move *m = am_malloc(sizeof *m);
+    struct am_ring *to = ring_copy(n->ring);
+    if (!m || !to) {
+        am_free(m);
+        am_ring_free(to);
+        am_log_warn("out of memory: actors that moved to new members are not handed off");
+        return;
+    }
+    m->n = n;
+    m->to = to;
+    n->moving = 1;
+    struct am_handoff_env env = handoff_env(n);
+    int rc = am_handoff_move(&env, n->base, to, &n->handoff, on_moved, m);
+    if (rc) {
+        am_log_error("cannot hand off the actors that moved: %s", am_strerror(rc));
+        on_moved(m);
+    }
+}
+
+/* A stopping node waits for no handoff: the held calls run now, before the
+ * runtime stops taking messages. */
+static void stop_holding(struct node *n)
+{
+    n->nwaiting = 0;
+    uv_timer_stop(&n->hold_timer);
+    release_held(n);
+}
+
+static void on_handoff_done(void *arg, const char *peer)
+{
+    struct node *n = arg;
+    for (size_t i = 0; i < n->nwaiting; i++) {
+        if (strcmp(n->waiting[i].name, peer) == 0) {
+            waiting_remove(n, i, "it handed everything over");
+            release_held(n);
+            return;
+        }
+    }
 }
 
 /* RING: {"version", "vnodes", "members": [{"name", "share"}...]}. */
@@ -309,7 +773,7 @@ static int route(void *arg, const struct am_request *r, am_reply_fn cb, void *ct
         return 0;
     int owner = am_ring_owner(n->ring, am_ring_key(r->type, r->type_len, r->actor, r->actor_len));
     if (owner == n->self_idx)
-        return 0;
+        return n->nwaiting ? maybe_hold(n, r, cb, ctx, err, errlen) : 0;
     const char *name = am_ring_member(n->ring, owner);
     /* The owner would refuse it too; checked here so that an oversized call
      * is answered like a local one instead of growing into a FORWARD over
@@ -358,7 +822,8 @@ static int take_handoff(void *arg, const char *peer, const struct am_request *r,
     struct am_handoff_env env = handoff_env(n);
     if (n->stopping)
         return am_errf(err, errlen, AM_ESHUTDOWN, "%s is stopping; handoff not taken", n->cfg.name);
-    return am_handoff_take(&env, n->ring, peer, r, cb, ctx, &n->handoff, err, errlen);
+    return am_handoff_take(&env, n->ring, n->wo_self, is_waiting(n, peer), peer, r, cb, ctx,
+                           &n->handoff, err, errlen);
 }
 
 /* HELLO role "peer": a live member of this node's view, connecting from
@@ -383,6 +848,33 @@ static int check_peer(void *arg, const char *name, size_t len, const struct sock
     return 0;
 }
 
+/* Frees the rings and handoff state and closes their timers (once). */
+static void placement_close(struct node *n)
+{
+    if (n->ring_timer_open) {
+        uv_close((uv_handle_t *)&n->ring_timer, NULL);
+        uv_close((uv_handle_t *)&n->release_timer, NULL);
+        uv_close((uv_handle_t *)&n->hold_timer, NULL);
+        uv_close((uv_handle_t *)&n->done_timer, NULL);
+        n->ring_timer_open = 0;
+    }
+    while (n->dones)
+        done_unlink(n, n->dones);
+    while (n->held) { /* only after a failed start: nothing is held then */
+        struct held *h = n->held;
+        n->held = h->next;
+        am_free(h);
+    }
+    am_ring_free(n->base);
+    am_ring_free(n->wo_self);
+    am_ring_free(n->ring);
+    am_free(n->waiting);
+    am_free(n->ring_peers);
+    n->base = n->wo_self = n->ring = NULL;
+    n->waiting = NULL;
+    n->ring_peers = NULL;
+}
+
 static void on_server_closed(void *arg)
 {
     struct node *n = arg;
@@ -395,12 +887,7 @@ static void on_server_closed(void *arg)
     n->store = NULL;
     am_gossip_close(n->gossip, NULL, NULL);
     n->gossip = NULL;
-    am_ring_free(n->ring);
-    n->ring = NULL;
-    am_free(n->ring_peers);
-    n->ring_peers = NULL;
-    uv_close((uv_handle_t *)&n->ring_timer, NULL);
-    n->ring_timer_open = 0;
+    placement_close(n);
     uv_close((uv_handle_t *)&n->sigterm, NULL);
     uv_close((uv_handle_t *)&n->sigint, NULL);
     am_log_info("stopped");
@@ -468,6 +955,7 @@ static void stop(struct node *n, const char *why)
     n->stopping = 1;
     am_log_info("%s: stopping (no new requests); finishing what is in flight", why);
     am_server_stop_accepting(n->srv);
+    stop_holding(n);
     am_runtime_shutdown(n->rt, on_runtime_drained, n);
 }
 
@@ -498,6 +986,7 @@ static void on_member_event(void *arg, const struct am_swim_action *ev)
     n->stopping = 1;
     n->refused = 1;
     am_server_stop_accepting(n->srv);
+    stop_holding(n);
     am_runtime_shutdown(n->rt, on_runtime_drained, n);
 }
 
@@ -600,9 +1089,14 @@ static int start(struct node *n, char *err, size_t errlen)
         return rc;
     }
     uv_timer_init(&n->loop, &n->ring_timer);
-    n->ring_timer.data = n;
+    uv_timer_init(&n->loop, &n->release_timer);
+    uv_timer_init(&n->loop, &n->hold_timer);
+    uv_timer_init(&n->loop, &n->done_timer);
+    n->ring_timer.data = n->release_timer.data = n->hold_timer.data = n->done_timer.data = n;
+    n->held_tail = &n->held;
     n->ring_timer_open = 1;
     ring_rebuild(n); /* this node alone until the view grows */
+    n->base = ring_copy(n->ring);
     /* A request frame holds the payload plus names and headers; 4 KiB covers
      * the largest envelope (names of 63, 255 and 63 bytes and a few ints). */
     struct am_server_opts vo = {
@@ -621,6 +1115,7 @@ static int start(struct node *n, char *err, size_t errlen)
         .peer_hello = check_peer,
         .route = route,
         .handoff = take_handoff,
+        .handoff_done = on_handoff_done,
         .arg = n,
     };
     rc = am_server_start(&n->srv, &n->loop, &bind, n->rt, &vo, &hooks, err, errlen);
@@ -644,10 +1139,7 @@ static void abort_start(struct node *n)
         am_peers_close(n->peers, NULL, NULL);
     if (n->gossip)
         am_gossip_close(n->gossip, NULL, NULL);
-    if (n->ring_timer_open)
-        uv_close((uv_handle_t *)&n->ring_timer, NULL);
-    am_ring_free(n->ring);
-    am_free(n->ring_peers);
+    placement_close(n);
     if (n->rt) {
         am_runtime_free(n->rt);
     }

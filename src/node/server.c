@@ -370,6 +370,17 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
             send_error(c, r.id, am_status_of(hrc), err);
         }
         return;
+    case AM_MSG_HANDOFF_DONE:
+        if (!c->peer) {
+            bad_frame(c, &r, "HANDOFF_DONE is taken on peer streams only (HELLO role 'peer')");
+            c->close_after_write = 1;
+            return;
+        }
+        if (s->hooks.handoff_done)
+            s->hooks.handoff_done(s->hooks.arg, c->peer_name);
+        if (am_encode_reply(&c->out, r.id, AM_ST_OK, (const uint8_t *)"\xc0", 1) == 0)
+            turn_add(c);
+        return;
     case AM_MSG_FORWARD:
         if (!c->peer) {
             bad_frame(c, &r, "FORWARD is taken on peer streams only (HELLO role 'peer')");

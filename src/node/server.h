@@ -21,22 +21,22 @@
 struct am_server;
 
 struct am_server_opts {
-    const char *node_name;     /* borrowed for the server's lifetime */
-    const uint8_t *key;        /* 32-byte cluster key (seal.h) or NULL; copied */
-    size_t max_frame;          /* largest request frame body */
+    const char *node_name; /* borrowed for the server's lifetime */
+    const uint8_t *key;    /* 32-byte cluster key (seal.h) or NULL; copied */
+    size_t max_frame;      /* largest request frame body */
     unsigned max_connections;
-    unsigned max_inflight;     /* per connection */
+    unsigned max_inflight; /* per connection */
 };
 
 struct am_server_stats {
-    uint64_t connections;      /* open now */
-    uint64_t accepted;         /* total */
-    uint64_t rejected;         /* refused for max_connections */
-    uint64_t requests;         /* frames decoded */
-    uint64_t bad_frames;       /* malformed or oversized */
-    uint64_t unauthenticated;  /* connections closed: no cluster key, or another one */
-    uint64_t peers;            /* peer connections open now (HELLO role "peer") */
-    uint64_t peers_refused;    /* peer HELLOs refused: not a live member at that address */
+    uint64_t connections;     /* open now */
+    uint64_t accepted;        /* total */
+    uint64_t rejected;        /* refused for max_connections */
+    uint64_t requests;        /* frames decoded */
+    uint64_t bad_frames;      /* malformed or oversized */
+    uint64_t unauthenticated; /* connections closed: no cluster key, or another one */
+    uint64_t peers;           /* peer connections open now (HELLO role "peer") */
+    uint64_t peers_refused;   /* peer HELLOs refused: not a live member at that address */
     uint64_t bytes_in, bytes_out;
 };
 
@@ -66,6 +66,9 @@ struct am_server_hooks {
      * negative code with err set. NULL: refused. */
     int (*handoff)(void *arg, const char *peer, const struct am_request *r, am_reply_fn cb,
                    void *ctx, char *err, size_t errlen);
+    /* HANDOFF_DONE from the peer named peer: it handed off all it had for
+     * this node. Answered status 0 at once. */
+    void (*handoff_done)(void *arg, const char *peer);
     void *arg;
 };
 

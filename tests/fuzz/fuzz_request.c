@@ -46,7 +46,8 @@ static void check_reencode(const struct am_request *r)
     am_buf_init(&out);
     int rc;
     int simple = r->kind == AM_MSG_STATUS || r->kind == AM_MSG_MEMBERS || r->kind == AM_MSG_LEAVE ||
-                 r->kind == AM_MSG_RING || r->kind == AM_MSG_ACTORS;
+                 r->kind == AM_MSG_RING || r->kind == AM_MSG_ACTORS ||
+                 r->kind == AM_MSG_HANDOFF_DONE;
     if (simple)
         rc = am_encode_simple(&out, r->kind, r->id);
     else if (r->kind == AM_MSG_SYNC)
@@ -144,6 +145,7 @@ static void check_request(const uint8_t *body, size_t len)
         check_reencode(&r);
         break;
     case AM_MSG_ACTORS:
+    case AM_MSG_HANDOFF_DONE:
     case AM_MSG_STATUS:
     case AM_MSG_MEMBERS:
     case AM_MSG_LEAVE:

@@ -1301,6 +1301,41 @@ Test(runtime, idle_actors_deactivate_and_come_back_with_their_state)
     finish();
 }
 
+/* am_runtime_release: keeps odd ids here (a node that still owns them). */
+static int keep_odd(void *arg, const char *key, size_t len)
+{
+    (void)arg;
+    return (key[len - 1] - '0') % 2 == 1;
+}
+
+static int released_all(void *arg)
+{
+    (void)arg;
+    return am_runtime_release(g.rt, keep_odd, NULL) == 0;
+}
+
+Test(runtime, release_deactivates_the_actors_not_kept_after_writing_them)
+{
+    g.ro.sync_interval_ms = 100; /* changes are in memory only until written */
+    start();
+    char id[16];
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof id, "a%d", i);
+        add(id, i + 1, NULL);
+    }
+    /* Dirty: the first call starts their writes and keeps them. */
+    cr_assert_eq(am_runtime_release(g.rt, keep_odd, NULL), 5);
+    run_until_fn(released_all, NULL, "the even actors released");
+    cr_assert_eq(rt_stats().active, 5);
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof id, "counter/a%d", i);
+        cr_assert_eq(am_runtime_is_active(g.rt, id, strlen(id)), i % 2, "%s", id);
+        if (i % 2 == 0)
+            cr_assert_eq(stored_int(id), i + 1, "%s was not written first", id);
+    }
+    finish();
+}
+
 static int deactivated_10(void *arg)
 {
     (void)arg;

@@ -213,8 +213,9 @@ Test(proto, round_trips_members_leave_and_sync)
     struct am_buf out;
     size_t len;
     struct am_request r;
-    static const int kinds[] = {AM_MSG_MEMBERS, AM_MSG_LEAVE, AM_MSG_RING, AM_MSG_ACTORS};
-    for (int k = 0; k < 4; k++) {
+    static const int kinds[] = {AM_MSG_MEMBERS, AM_MSG_LEAVE, AM_MSG_RING, AM_MSG_ACTORS,
+                                AM_MSG_HANDOFF_DONE};
+    for (int k = 0; k < 5; k++) {
         am_buf_init(&out);
         cr_assert_eq(am_encode_simple(&out, kinds[k], 9), 0);
         const uint8_t *body = one_frame(&out, &len);
@@ -712,7 +713,7 @@ Test(proto, refuses_a_forward_of_another_kind_or_too_many_hops)
 
 Test(proto, refuses_unknown_kinds_with_their_id)
 {
-    static const uint64_t kinds[] = {11, 12, 127, AM_MSG_REPLY, 255, 256, UINT32_MAX, UINT64_MAX};
+    static const uint64_t kinds[] = {12, 13, 127, AM_MSG_REPLY, 255, 256, UINT32_MAX, UINT64_MAX};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         struct msg m;
         msg_init(&m);
@@ -1043,6 +1044,7 @@ static int check_request(const uint8_t *in, size_t n)
         cr_assert(r.type_len >= 1 && r.type_len <= AM_MAX_TYPE + 1 + AM_MAX_ID);
         break;
     case AM_MSG_ACTORS:
+    case AM_MSG_HANDOFF_DONE:
     case AM_MSG_STATUS:
     case AM_MSG_MEMBERS:
     case AM_MSG_LEAVE:
