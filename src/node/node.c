@@ -218,8 +218,8 @@ static void ring_joined(struct node *n);
 static void send_done(struct node *n, const struct am_ring *from, const struct am_ring *to,
                       uint64_t delay_ms);
 static void waiting_prune(struct node *n);
-static int route(void *arg, const struct am_request *r, am_reply_fn cb, void *ctx, char *err,
-                 size_t errlen);
+static int route_call(struct node *n, const struct am_request *r, am_reply_fn cb, void *ctx,
+                      char *err, size_t errlen, int again);
 
 /* A copy of r's members as a new ring (NULL when out of memory). */
 static struct am_ring *ring_copy(const struct am_ring *r)
@@ -368,7 +368,7 @@ static void release_held(struct node *n)
         list = h->next;
         struct am_request *r = &h->r;
         int kind = r->kind == AM_MSG_FORWARD ? r->fwd_kind : r->kind;
-        int rc = route(n, r, h->cb, h->ctx, err, sizeof err);
+        int rc = route_call(n, r, h->cb, h->ctx, err, sizeof err, 1);
         if (rc == 0) {
             rc = am_runtime_submit(n->rt, r->id, r->type, r->type_len, r->actor, r->actor_len,
                                    r->action, r->action_len, r->payload, r->payload_len,
@@ -759,11 +759,18 @@ static int sync_members(void *arg, const uint8_t *msg, size_t len, struct am_buf
 static int route(void *arg, const struct am_request *r, am_reply_fn cb, void *ctx, char *err,
                  size_t errlen)
 {
-    struct node *n = arg;
+    return route_call(arg, r, cb, ctx, err, errlen, 0);
+}
+
+/* again: a held call run once more (its FORWARD was counted already). */
+static int route_call(struct node *n, const struct am_request *r, am_reply_fn cb, void *ctx,
+                      char *err, size_t errlen, int again)
+{
     unsigned hops = 0;
     uint64_t version = n->ring ? am_ring_version(n->ring) : 0;
-    if (r->kind == AM_MSG_FORWARD) {
+    if (r->kind == AM_MSG_FORWARD)
         hops = r->hops;
+    if (r->kind == AM_MSG_FORWARD && !again) {
         n->forwards_in++;
         n->ring_mismatches += r->ring_version != version;
     }

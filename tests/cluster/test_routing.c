@@ -960,7 +960,7 @@ Test(routing, a_leaving_node_hands_its_actors_to_their_next_owners, .timeout = 2
     cr_assert(owned > 300, "n1 runs only %lld actors", owned);
 
     node_stop_ok(1);
-    uint64_t received = 0, failed = 0;
+    uint64_t received = 0;
     for (int k = 0; k < 3; k++) {
         json_t *st = status_of(stay[k]);
         received += stat_u64(st, "handoff", "received");
@@ -972,7 +972,6 @@ Test(routing, a_leaving_node_hands_its_actors_to_their_next_owners, .timeout = 2
     free(log);
     cr_assert_eq(received, (uint64_t)owned, "the others took %llu of n1's %lld actors",
                  (unsigned long long)received, owned);
-    (void)failed;
     uint64_t mismatches = check_counters(stay, 3, counters, acked);
     cr_assert_eq(mismatches, 0, "%llu counters lost adds when n1 left",
                  (unsigned long long)mismatches);
@@ -1027,29 +1026,6 @@ Test(routing, a_joining_node_takes_over_its_actors_with_their_state, .timeout = 
     cr_assert_eq(total, (size_t)counters);
     for (int k = 3; k >= 0; k--)
         node_stop_ok(k);
-}
-
-/* The same under load: a bench through n0 and n2 adds to 2,000 counters
- * while n1 leaves; --verify then finds every counter at least at its
- * acknowledged adds and at most at those plus the adds of unknown outcome. */
-Test(routing, a_leave_under_load_loses_no_acknowledged_add, .timeout = 200)
-{
-    cluster_start(3, "3000");
-    char nodes[80];
-    snprintf(nodes, sizeof nodes, "%s,%s", w.nodes[0].addr, w.nodes[2].addr);
-    struct bench_run b = {.nodes = nodes, .verify = 1};
-    pthread_t th;
-    cr_assert_eq(pthread_create(&th, NULL, run_bench, &b), 0);
-    proc_sleep_ms(4000);
-    node_stop_ok(1);
-    pthread_join(th, NULL);
-    cr_assert_eq(b.rc, 0, "bench did not run");
-    cr_log_info("bench: %s", b.r.err);
-    cr_assert_eq(b.r.code, 0, "bench exited %d: %s\n%s", b.r.code, b.r.err, b.r.out);
-    cr_assert(strstr(b.r.out, "\"verify\""), "no verification in %s", b.r.out);
-    proc_result_free(&b.r);
-    node_stop_ok(2);
-    node_stop_ok(0);
 }
 
 /* ---- with a cluster key --------------------------------------------------- */
