@@ -77,6 +77,9 @@ struct snap_write {
     struct blob *state; /* reference; NULL deletes */
     uint64_t seq;
     struct mq waiters; /* replies released when this write completes */
+    int status;        /* the local write's, once it is known */
+    uint16_t waits;    /* the local write and the replicas not yet answered */
+    uint8_t stale;     /* a newer copy exists: here or at a replica */
 };
 
 struct actor {
@@ -92,11 +95,13 @@ struct actor {
     uint32_t inflight;             /* writes in flight */
     uint64_t poison_seq;           /* writes up to this seq follow a failed one */
     uint64_t seq, committed_seq;
+    uint64_t epoch; /* taken at activation: the loaded one + 1 (store.h) */
     uint64_t last_used;
     uint64_t hash;
     uint32_t pending;
     uint16_t key_len, type_len;
     uint8_t dirty, in_dirty, running;
+    uint8_t fenced; /* a newer copy exists elsewhere: refuses messages, freed once quiet */
     uint8_t shutdown_failures;
     char key[]; /* "type/id", NUL-terminated */
 };
@@ -122,7 +127,7 @@ struct am_runtime {
     struct am_store *store;
     const struct am_registry *reg;
     struct am_runtime_opts o;
-    uint64_t epoch;
+    struct am_replicator repl;
     struct actor **table;
     size_t nbuckets;
     size_t count;
@@ -394,17 +399,52 @@ static void fail_all(struct am_runtime *rt, struct actor *act, struct mq *q, con
 static void mark_dirty(struct am_runtime *rt, struct actor *act);
 static void check_shutdown(struct am_runtime *rt);
 
-static void write_done(struct am_store_write *w, int status)
+/* Frees a fenced actor once nothing of it is left in flight. */
+static void free_if_fenced(struct am_runtime *rt, struct actor *act)
 {
-    struct snap_write *sw = (struct snap_write *)w;
+    if (act->fenced && quiescent(act))
+        actor_free(rt, act);
+}
+
+/* The write's state is not the newest: another node activated the actor
+ * from a newer copy (this node lost its ownership while paused or cut
+ * off), or handed a newer one here. Whatever this copy did since is
+ * answered as failed and the actor leaves memory; its next message
+ * activates it from the newest copy (once handed here) or goes to its
+ * owner. */
+static void fence(struct am_runtime *rt, struct actor *act, struct snap_write *sw)
+{
+    char why[200];
+    snprintf(why, sizeof why,
+             "%s has a newer state on another node (this node lost its ownership); retry",
+             act->key);
+    if (!act->fenced) {
+        rt->st.fenced++;
+        am_log_warn("%s", why);
+    }
+    act->fenced = 1;
+    blob_unref(rt, sw->state);
+    struct mq failed = sw->waiters;
+    sw->waiters.head = sw->waiters.tail = NULL;
+    mq_append(&failed, &act->held);
+    act->dirty = 0;
+    for (struct msg *m = failed.head; m; m = m->next)
+        msg_set_error(m, AM_ST_UNAVAILABLE, why);
+    release_all(rt, act, &failed);
+}
+
+static void write_finish(struct am_runtime *rt, struct snap_write *sw)
+{
     struct actor *act = sw->act;
-    struct am_runtime *rt = w->data;
+    int status = sw->status;
     rt->inflight_writes--;
     act->inflight--;
     if (act->last_write == sw)
         act->last_write = NULL;
     int durable = rt->o.sync_interval_ms == 0;
-    if (status == 0 && (sw->seq > act->poison_seq || !durable)) {
+    if (status == 0 && sw->stale) {
+        fence(rt, act, sw);
+    } else if (status == 0 && (sw->seq > act->poison_seq || !durable)) {
         rt->st.snapshots++;
         blob_unref(rt, act->committed);
         act->committed = sw->state;
@@ -471,7 +511,25 @@ static void write_done(struct am_store_write *w, int status)
      * retried at the next interval (or at shutdown). */
     if (act->dirty)
         mark_dirty(rt, act);
+    free_if_fenced(rt, act);
     check_shutdown(rt);
+}
+
+static void write_done(struct am_store_write *w, int status)
+{
+    struct snap_write *sw = (struct snap_write *)w;
+    sw->status = status;
+    sw->stale |= (uint8_t)(status == 0 && w->stale);
+    if (--sw->waits == 0)
+        write_finish(w->data, sw);
+}
+
+static void replica_done(void *ctx, int stale)
+{
+    struct snap_write *sw = ctx;
+    sw->stale |= (uint8_t)(stale != 0);
+    if (--sw->waits == 0)
+        write_finish(sw->w.data, sw);
 }
 
 /* Submits a write of the actor's current state. */
@@ -490,8 +548,9 @@ static void flush_actor(struct am_runtime *rt, struct actor *act)
     mq_append(&sw->waiters, &act->held);
     sw->w.key = act->key;
     sw->w.key_len = act->key_len;
-    sw->w.epoch = rt->epoch;
+    sw->w.epoch = act->epoch;
     sw->w.seq = act->seq;
+    sw->w.flags = AM_STORE_NEWER;
     sw->w.state = act->state ? act->state->data : NULL;
     sw->w.state_len = act->state ? act->state->len : 0;
     sw->w.data = rt;
@@ -499,9 +558,19 @@ static void flush_actor(struct am_runtime *rt, struct actor *act)
     act->inflight++;
     act->last_write = sw;
     rt->inflight_writes++;
+    sw->waits = 1;
     int rc = am_store_write(rt->store, &sw->w, write_done);
-    if (rc)
+    if (rc) {
         write_done(&sw->w, rc);
+        return;
+    }
+    /* Replicas are sent the state as the local write starts: a reply
+     * waits for both (group-committed on each side). */
+    if (rt->repl.send)
+        sw->waits = (uint16_t)(sw->waits +
+                               rt->repl.send(rt->repl.arg, act->key, act->key_len, act->epoch,
+                                             act->seq, sw->w.state, sw->w.state_len,
+                                             replica_done, sw));
 }
 
 static void flush_dirty(struct am_runtime *rt)
@@ -515,6 +584,8 @@ static void flush_dirty(struct am_runtime *rt)
         act->in_dirty = 0;
         if (act->dirty)
             flush_actor(rt, act);
+        else
+            free_if_fenced(rt, act);
     }
     am_store_end(rt->store);
 }
@@ -668,6 +739,7 @@ static int activate(struct am_runtime *rt, const struct am_actor_type *type, con
     a->state = b;
     a->committed = blob_ref(b);
     a->seq = a->committed_seq = seq;
+    a->epoch = epoch + 1;
     if (rt->count >= rt->nbuckets)
         table_grow(rt);
     a->hnext = rt->table[h & (rt->nbuckets - 1)];
@@ -755,6 +827,12 @@ int am_runtime_submit(struct am_runtime *rt, uint64_t req_id, const char *type, 
     size_t key_len = type_len + 1 + id_len;
     uint64_t h = XXH3_64bits(key, key_len);
     struct actor *act = table_find(rt, key, key_len, h);
+    if (act && act->fenced) {
+        snprintf(err, errlen, "%s is moving: a newer state of it is on another node; retry",
+                 act->key);
+        rc = AM_EUNAVAIL;
+        goto refused;
+    }
     if (!act) {
         rc = activate(rt, t, key, key_len, type_len, h, &act, err, errlen);
         if (rc)
@@ -818,9 +896,6 @@ int am_runtime_new(struct am_runtime **out, uv_loop_t *loop, struct am_store *st
         am_free(rt);
         return -ENOMEM;
     }
-    struct am_store_meta meta;
-    am_store_get_meta(store, &meta);
-    rt->epoch = meta.incarnation;
     am_out_init(&rt->out, o->max_state, o->max_reply);
     uv_check_init(loop, &rt->flush_check);
     uv_timer_init(loop, &rt->sync_timer);
@@ -844,6 +919,30 @@ int am_runtime_new(struct am_runtime **out, uv_loop_t *loop, struct am_store *st
 void am_runtime_get_stats(const struct am_runtime *rt, struct am_runtime_stats *st)
 {
     *st = rt->st;
+}
+
+void am_runtime_set_replicator(struct am_runtime *rt, const struct am_replicator *r)
+{
+    rt->repl = r ? *r : (struct am_replicator){0};
+}
+
+int am_runtime_fence(struct am_runtime *rt, const char *key, size_t len, uint64_t epoch,
+                     uint64_t seq)
+{
+    struct actor *a = table_find(rt, key, len, XXH3_64bits(key, len));
+    if (!a)
+        return 0;
+    if (a->fenced)
+        return 1;
+    if (a->epoch > epoch || (a->epoch == epoch && a->seq >= seq))
+        return -1;
+    a->fenced = 1;
+    rt->st.fenced++;
+    am_log_warn("%s: a newer state (epoch %llu, seq %llu) came from another node; this copy "
+                "leaves memory",
+                a->key, (unsigned long long)epoch, (unsigned long long)seq);
+    free_if_fenced(rt, a);
+    return 1;
 }
 
 int am_runtime_is_active(const struct am_runtime *rt, const char *key, size_t len)

@@ -46,6 +46,7 @@ struct am_runtime_stats {
     uint64_t write_errors;  /* snapshot writes that failed */
     uint64_t waiting;       /* replies held for a commit now */
     uint64_t lost;          /* interval mode: unsaved states given up at shutdown */
+    uint64_t fenced;        /* actors dropped because a newer copy exists elsewhere */
 };
 
 struct am_runtime;
@@ -81,6 +82,37 @@ void am_runtime_get_stats(const struct am_runtime *rt, struct am_runtime_stats *
  * Used when this node stops owning actors. */
 size_t am_runtime_release(struct am_runtime *rt,
                           int (*keep)(void *arg, const char *key, size_t len), void *arg);
+
+/* Replication. send is called for every state write as it is submitted to
+ * the store (epoch, seq: its version; state borrowed for the call). It
+ * sends the state to the actor's replicas and returns how many it sent it
+ * to; done(ctx, stale) then runs once for each of them, later (never before
+ * send returns): stale 1 when that replica holds the same version or a
+ * newer one. A reply waits for the local commit and every done (durable
+ * mode). A replica that cannot be reached is the sender's business: it
+ * calls done(ctx, 0) and counts it.
+ *
+ * A write found stale (by a replica, or by the local store, which keeps
+ * only newer versions) fences its actor: the messages that saw that state
+ * fail with AM_ST_UNAVAILABLE, later ones are refused with AM_EUNAVAIL, and
+ * the actor leaves memory once quiet; its next message activates it from
+ * the newest copy stored here. */
+typedef void (*am_replica_done_fn)(void *ctx, int stale);
+struct am_replicator {
+    unsigned (*send)(void *arg, const char *key, size_t key_len, uint64_t epoch, uint64_t seq,
+                     const uint8_t *state, size_t len, am_replica_done_fn done, void *ctx);
+    void *arg;
+};
+
+/* Sets (or with NULL clears) the replicator; copied. */
+void am_runtime_set_replicator(struct am_runtime *rt, const struct am_replicator *r);
+
+/* A newer copy (epoch, seq) of key arrived from another node. Returns 0
+ * when the actor is not active, -1 when it is active with that version or
+ * a newer one (nothing done), 1 when it was older and is now fenced (see
+ * above; freed at once when quiet). */
+int am_runtime_fence(struct am_runtime *rt, const char *key, size_t len, uint64_t epoch,
+                     uint64_t seq);
 
 /* 1 when the actor of key ("type/id") is active here, else 0. */
 int am_runtime_is_active(const struct am_runtime *rt, const char *key, size_t len);

@@ -235,7 +235,8 @@ static void rec_encode(uint8_t *rec, const struct am_store_write *w)
     rec[REC_OFF_FLAGS] = 0;
     am_be64_put(rec + REC_OFF_EPOCH, w->epoch);
     am_be64_put(rec + REC_OFF_SEQ, w->seq);
-    memcpy(rec + REC_HDR, w->state, w->state_len);
+    if (w->state_len)
+        memcpy(rec + REC_HDR, w->state, w->state_len);
     am_be64_put(rec + REC_OFF_SUM, rec_sum(w->key, w->key_len, rec, w->state, w->state_len));
 }
 
@@ -696,15 +697,30 @@ fail_sync:
 
 /* ---- the writer thread ---------------------------------------------------- */
 
+/* 1 when a record of key in dbi has version (epoch, seq) or a newer one. */
+static int holds_newer(MDB_txn *txn, MDB_dbi dbi, MDB_val *k, uint64_t epoch, uint64_t seq)
+{
+    MDB_val v;
+    if (mdb_get(txn, dbi, k, &v) != 0 || v.mv_size < REC_HDR)
+        return 0;
+    const uint8_t *rec = v.mv_data;
+    uint64_t e = am_be64_get(rec + REC_OFF_EPOCH), q = am_be64_get(rec + REC_OFF_SEQ);
+    return e > epoch || (e == epoch && q >= seq);
+}
+
 static int apply(struct am_store *s, MDB_txn *txn, struct am_store_write *w)
 {
     MDB_val k = {w->key_len, (void *)w->key};
-    if (w->state_len == 0) {
-        int rc = mdb_del(txn, s->snap_dbi, &k, NULL);
-        return rc == MDB_NOTFOUND ? 0 : rc;
+    MDB_dbi dbi = w->flags & AM_STORE_REPLICA ? s->repl_dbi : s->snap_dbi;
+    w->stale = 0;
+    if ((w->flags & AM_STORE_NEWER) &&
+        (holds_newer(txn, s->snap_dbi, &k, w->epoch, w->seq) ||
+         holds_newer(txn, s->repl_dbi, &k, w->epoch, w->seq))) {
+        w->stale = 1;
+        return 0;
     }
     MDB_val v = {REC_HDR + w->state_len, NULL};
-    int rc = mdb_put(txn, s->snap_dbi, &k, &v, MDB_RESERVE);
+    int rc = mdb_put(txn, dbi, &k, &v, MDB_RESERVE);
     if (rc)
         return rc;
     rec_encode(v.mv_data, w);
@@ -1030,21 +1046,36 @@ int am_store_get(struct am_store *s, const char *key, size_t key_len, struct am_
     int rc = read_begin(s);
     if (rc)
         return lmdb_status(rc);
-    MDB_val k = {key_len, (void *)key}, v;
-    rc = mdb_get(s->rtxn, s->snap_dbi, &k, &v);
-    if (rc == MDB_NOTFOUND) {
-        rc = -ENOENT;
-    } else if (rc) {
-        rc = lmdb_status(rc);
-    } else {
+    MDB_val k = {key_len, (void *)key}, v, best = {0, NULL};
+    uint64_t be = 0, bs = 0;
+    MDB_dbi dbis[2] = {s->snap_dbi, s->repl_dbi};
+    for (int i = 0; i < 2 && (rc == 0 || rc == MDB_NOTFOUND); i++) {
+        rc = mdb_get(s->rtxn, dbis[i], &k, &v);
+        if (rc)
+            continue;
         const char *why;
-        rc = rec_check(&k, &v, &why);
-        if (!rc) {
-            const uint8_t *rec = v.mv_data;
-            rc = am_buf_set(state, rec + REC_HDR, v.mv_size - REC_HDR);
-            *epoch = am_be64_get(rec + REC_OFF_EPOCH);
-            *seq = am_be64_get(rec + REC_OFF_SEQ);
+        if (rec_check(&k, &v, &why)) {
+            rc = AM_ECORRUPT;
+            break;
         }
+        const uint8_t *rec = v.mv_data;
+        uint64_t e = am_be64_get(rec + REC_OFF_EPOCH), q = am_be64_get(rec + REC_OFF_SEQ);
+        if (!best.mv_data || e > be || (e == be && q > bs)) {
+            best = v;
+            be = e;
+            bs = q;
+        }
+    }
+    if (rc == 0 || rc == MDB_NOTFOUND) {
+        rc = best.mv_data ? am_buf_set(state, (const uint8_t *)best.mv_data + REC_HDR,
+                                       best.mv_size - REC_HDR)
+                          : -ENOENT;
+        if (rc == 0) {
+            *epoch = be;
+            *seq = bs;
+        }
+    } else if (rc != AM_ECORRUPT) {
+        rc = lmdb_status(rc);
     }
     read_end(s);
     return rc;
@@ -1063,8 +1094,28 @@ void am_store_get_stats(struct am_store *s, struct am_store_stats *st)
     st->pending = s->pending;
 }
 
+/* Appends a key to the list each_key builds (length, bytes, NUL). */
+static int list_key(struct am_buf *keys, const MDB_val *k)
+{
+    uint16_t len = (uint16_t)k->mv_size; /* <= MAX_KEY */
+    const uint8_t nul = 0;
+    return am_buf_append(keys, &len, sizeof len) || am_buf_append(keys, k->mv_data, k->mv_size) ||
+                   am_buf_append(keys, &nul, 1)
+               ? ENOMEM
+               : 0;
+}
+
+static int key_cmp(const MDB_val *a, const MDB_val *b)
+{
+    size_t n = a->mv_size < b->mv_size ? a->mv_size : b->mv_size;
+    int c = memcmp(a->mv_data, b->mv_data, n);
+    return c ? c : (a->mv_size > b->mv_size) - (a->mv_size < b->mv_size);
+}
+
 /* Copies the keys out first, so fn runs with no transaction open: it may
- * read the store, and a slow fn never holds back map growth. */
+ * read the store, and a slow fn never holds back map growth. The two
+ * databases are merged in key order (LMDB's default order is memcmp, then
+ * length), each key listed once. */
 int am_store_each_key(struct am_store *s, int (*fn)(void *arg, const char *key, size_t len),
                       void *arg)
 {
@@ -1073,25 +1124,35 @@ int am_store_each_key(struct am_store *s, int (*fn)(void *arg, const char *key, 
     int rc = read_begin(s);
     if (rc)
         return lmdb_status(rc);
-    MDB_cursor *cur;
-    rc = mdb_cursor_open(s->rtxn, s->snap_dbi, &cur);
+    MDB_cursor *a = NULL, *b = NULL;
+    rc = mdb_cursor_open(s->rtxn, s->snap_dbi, &a);
+    if (!rc)
+        rc = mdb_cursor_open(s->rtxn, s->repl_dbi, &b);
     if (!rc) {
-        MDB_val k, v;
-        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-            uint16_t len = (uint16_t)k.mv_size; /* <= MAX_KEY */
-            const uint8_t nul = 0;
-            if (am_buf_append(&keys, &len, sizeof len) ||
-                am_buf_append(&keys, k.mv_data, k.mv_size) || am_buf_append(&keys, &nul, 1)) {
-                rc = ENOMEM;
-                break;
-            }
+        MDB_val ka, kb, v;
+        int ra = mdb_cursor_get(a, &ka, &v, MDB_FIRST);
+        int rb = mdb_cursor_get(b, &kb, &v, MDB_FIRST);
+        while ((ra == 0 || rb == 0) && !rc) {
+            int c = ra ? 1 : rb ? -1 : key_cmp(&ka, &kb);
+            rc = list_key(&keys, c <= 0 ? &ka : &kb);
+            if (c <= 0)
+                ra = mdb_cursor_get(a, &ka, &v, MDB_NEXT);
+            if (c >= 0)
+                rb = mdb_cursor_get(b, &kb, &v, MDB_NEXT);
         }
-        mdb_cursor_close(cur);
-        rc = rc == MDB_NOTFOUND ? 0 : lmdb_status(rc);
+        if (!rc && ra != MDB_NOTFOUND)
+            rc = lmdb_status(ra);
+        else if (!rc && rb != MDB_NOTFOUND)
+            rc = lmdb_status(rb);
     } else {
         rc = lmdb_status(rc);
     }
+    if (a)
+        mdb_cursor_close(a);
+    if (b)
+        mdb_cursor_close(b);
+    if (rc == ENOMEM)
+        rc = -ENOMEM;
     read_end(s);
     for (size_t off = 0; !rc && off < keys.len;) {
         uint16_t len;

@@ -5,7 +5,8 @@
  *
  *   "meta"       program ("amesh"), format (u32 BE), name, incarnation (u64 BE)
  *   "snapshots"  key "type/id" -> snapshot record (below)
- *   "replicas"   reserved for replicated snapshots (same record layout)
+ *   "replicas"   snapshots this node keeps for the actors other nodes own
+ *                (replication; same record layout)
  *
  * A snapshot record, all integers big-endian:
  *
@@ -15,6 +16,15 @@
  *   +------+-----+-------+--------------+--------------+--------------+------------+
  *
  *   checksum = XXH3_64bits over: key bytes, record bytes 0..19, state bytes.
+ *
+ * A state of no bytes is stored as a record without state (a tombstone), not
+ * deleted: its version must survive, or an older copy elsewhere (a replica,
+ * a stale owner) could come back as the newer one.
+ *
+ * Versions: (epoch, seq) ordered by epoch, then seq. An actor's versions
+ * only grow: its runtime continues the seq of the state it loaded and takes
+ * the next epoch at every activation, so a node that activates an actor from
+ * the newest copy always writes newer versions than any older owner.
  *
  * Threads: the loop thread calls every function here. Writes go to one
  * writer thread, which commits everything queued in one transaction (group
@@ -51,8 +61,8 @@ struct am_store_write;
 typedef void (*am_store_write_cb)(struct am_store_write *w, int status);
 
 /* A write request, allocated and owned by the caller (like a uv_req_t). key
- * and state are borrowed until the callback runs; state_len 0 deletes the
- * record. status is 0 once committed and fsynced, else a negative code
+ * and state are borrowed until the callback runs; state_len 0 writes a
+ * tombstone. status is 0 once committed and fsynced, else a negative code
  * (-ENOSPC for a full disk or map at max_map, AM_ESTORAGE otherwise).
  *
  * Once a write of a key fails, every later write of the same key that was
@@ -61,6 +71,10 @@ typedef void (*am_store_write_cb)(struct am_store_write *w, int status);
  * that failed, and the caller rolls back to the last committed state when
  * the failure reaches it. So a state whose write failed never reaches the
  * disk through a later write. */
+/* am_store_write.flags */
+#define AM_STORE_REPLICA 1u /* into "replicas" instead of "snapshots" */
+#define AM_STORE_NEWER 2u   /* only when newer than every stored copy (stale, below) */
+
 struct am_store_write {
     const char *key;
     size_t key_len;
@@ -68,6 +82,11 @@ struct am_store_write {
     const uint8_t *state;
     size_t state_len;
     void *data; /* for the caller */
+    unsigned flags;
+    /* out: with AM_STORE_NEWER, 1 when the write was skipped because a copy
+     * of the key (in either database) has this version or a newer one;
+     * status is 0 then. */
+    int stale;
     /* private */
     am_store_write_cb cb;
     int status;
@@ -114,10 +133,12 @@ int am_store_open(struct am_store **out, uv_loop_t *loop, const struct am_store_
  * Writes complete in submission order. */
 int am_store_write(struct am_store *s, struct am_store_write *w, am_store_write_cb cb);
 
-/* Reads the snapshot of key. On success copies the state into *state
- * (replacing its contents) and sets *epoch and *seq. Returns 0, -ENOENT when
- * there is none, AM_ECORRUPT when the record fails its checksum, or another
- * negative code. Sees only committed writes. */
+/* Reads the newest copy of key: its snapshot or its replica, whichever has
+ * the newer version (the snapshot on a tie). On success copies the state
+ * into *state (replacing its contents; empty for a tombstone) and sets
+ * *epoch and *seq. Returns 0, -ENOENT when there is none, AM_ECORRUPT when
+ * the record fails its checksum, or another negative code. Sees only
+ * committed writes. */
 int am_store_get(struct am_store *s, const char *key, size_t key_len, struct am_buf *state,
                  uint64_t *epoch, uint64_t *seq);
 
@@ -130,8 +151,9 @@ void am_store_end(struct am_store *s);
 void am_store_get_meta(const struct am_store *s, struct am_store_meta *m);
 void am_store_get_stats(struct am_store *s, struct am_store_stats *st);
 
-/* Calls fn for every stored snapshot key, in key order, until fn returns
- * non-zero (which is returned). For tests and tools; not for the hot path. */
+/* Calls fn for every key stored in either database (once each), in key
+ * order, until fn returns non-zero (which is returned). Not for the hot
+ * path: handoff and replica repair walk the store with it. */
 int am_store_each_key(struct am_store *s, int (*fn)(void *arg, const char *key, size_t len),
                       void *arg);
 

@@ -440,40 +440,131 @@ Test(store, round_trips_epoch_seq_and_state)
     end_test();
 }
 
-Test(store, deletes_a_record_when_state_is_empty)
+Test(store, an_empty_state_is_kept_as_a_tombstone_with_its_version)
 {
     struct am_store *s = open_store();
     struct ctx c = {0};
     uint8_t state[100];
     fill(state, sizeof state, 1);
-    struct req put, del, del_again;
+    struct req put, del;
     req_init(&put, &c, 0, state, sizeof state);
     req_init(&del, &c, 1, NULL, 0);
-    req_init(&del_again, &c, 2, NULL, 0);
     set_key(&put, "rec/00001");
     set_key(&del, "rec/00001");
-    set_key(&del_again, "rec/00001");
     put.w.epoch = 1;
     put.w.seq = 3;
     submit(s, &put);
     run_until(&c.done, 1);
     expect_record(s, 1, sizeof state);
-    struct am_store_stats st;
-    am_store_get_stats(s, &st);
-    cr_assert_eq(st.records, 1);
 
+    del.w.epoch = 1;
+    del.w.seq = 4;
     submit(s, &del);
-    submit(s, &del_again); /* deleting what is not there succeeds */
-    run_until(&c.done, 3);
+    run_until(&c.done, 2);
     cr_assert_eq(del.status, 0);
-    cr_assert_eq(del_again.status, 0);
     struct am_buf b;
     am_buf_init(&b);
     uint64_t epoch, seq;
-    cr_assert_eq(am_store_get(s, "rec/00001", 9, &b, &epoch, &seq), -ENOENT);
-    am_store_get_stats(s, &st);
-    cr_assert_eq(st.records, 0);
-    cr_assert_eq(st.failed, 0);
+    cr_assert_eq(am_store_get(s, "rec/00001", 9, &b, &epoch, &seq), 0);
+    cr_assert_eq(b.len, 0);
+    cr_assert_eq(epoch, 1);
+    cr_assert_eq(seq, 4);
+    am_buf_close(&b);
+    close_store(s);
+    end_test();
+}
+
+/* Writes key at version (epoch, seq) with flags and state byte x; returns
+ * the finished request's stale flag. */
+static int write_version(struct am_store *s, const char *key, uint64_t epoch, uint64_t seq,
+                         unsigned flags, uint8_t x)
+{
+    struct ctx c = {0};
+    struct req r;
+    req_init(&r, &c, 0, &x, 1);
+    set_key(&r, key);
+    r.w.epoch = epoch;
+    r.w.seq = seq;
+    r.w.flags = flags;
+    submit(s, &r);
+    run_until(&c.done, 1);
+    cr_assert_eq(r.status, 0);
+    return r.w.stale;
+}
+
+static void expect_version(struct am_store *s, const char *key, uint64_t epoch, uint64_t seq,
+                           uint8_t x)
+{
+    struct am_buf b;
+    am_buf_init(&b);
+    uint64_t e = 0, q = 0;
+    cr_assert_eq(am_store_get(s, key, strlen(key), &b, &e, &q), 0);
+    cr_assert_eq(e, epoch, "%s: epoch %llu, expected %llu", key, (unsigned long long)e,
+                 (unsigned long long)epoch);
+    cr_assert_eq(q, seq, "%s: seq %llu, expected %llu", key, (unsigned long long)q,
+                 (unsigned long long)seq);
+    cr_assert_eq(b.len, 1);
+    cr_assert_eq(b.data[0], x);
+    am_buf_close(&b);
+}
+
+Test(store, get_returns_the_newer_of_snapshot_and_replica)
+{
+    struct am_store *s = open_store();
+    cr_assert_eq(write_version(s, "a/1", 2, 10, 0, 'S'), 0);
+    cr_assert_eq(write_version(s, "a/1", 3, 1, AM_STORE_REPLICA, 'R'), 0);
+    expect_version(s, "a/1", 3, 1, 'R'); /* a higher epoch wins over a higher seq */
+    cr_assert_eq(write_version(s, "b/1", 2, 10, AM_STORE_REPLICA, 'R'), 0);
+    cr_assert_eq(write_version(s, "b/1", 2, 11, 0, 'S'), 0);
+    expect_version(s, "b/1", 2, 11, 'S');
+    cr_assert_eq(write_version(s, "c/1", 2, 10, AM_STORE_REPLICA, 'R'), 0);
+    expect_version(s, "c/1", 2, 10, 'R'); /* a replica alone */
+    close_store(s);
+    end_test();
+}
+
+Test(store, a_conditional_write_is_skipped_when_any_copy_is_as_new)
+{
+    struct am_store *s = open_store();
+    unsigned newer = AM_STORE_NEWER, replica = AM_STORE_NEWER | AM_STORE_REPLICA;
+    cr_assert_eq(write_version(s, "k/1", 5, 7, newer, 'a'), 0); /* nothing stored yet */
+    cr_assert_eq(write_version(s, "k/1", 5, 7, newer, 'b'), 1); /* same version */
+    cr_assert_eq(write_version(s, "k/1", 5, 6, replica, 'c'), 1); /* older than the snapshot */
+    cr_assert_eq(write_version(s, "k/1", 4, 99, replica, 'd'), 1); /* older epoch */
+    expect_version(s, "k/1", 5, 7, 'a');
+    cr_assert_eq(write_version(s, "k/1", 6, 1, replica, 'e'), 0);
+    expect_version(s, "k/1", 6, 1, 'e');
+    /* The replica is now the newest copy: a snapshot must beat it too. */
+    cr_assert_eq(write_version(s, "k/1", 5, 8, newer, 'f'), 1);
+    cr_assert_eq(write_version(s, "k/1", 6, 2, newer, 'g'), 0);
+    expect_version(s, "k/1", 6, 2, 'g');
+    /* An unconditional write is never skipped. */
+    cr_assert_eq(write_version(s, "k/1", 1, 1, 0, 'h'), 0);
+    expect_version(s, "k/1", 6, 1, 'e'); /* the replica is newer than that snapshot now */
+    close_store(s);
+    end_test();
+}
+
+static int list_keys(void *arg, const char *key, size_t len)
+{
+    struct am_buf *b = arg;
+    return am_buf_append(b, key, len) || am_buf_append(b, ",", 1);
+}
+
+Test(store, each_key_lists_both_databases_once_in_key_order)
+{
+    struct am_store *s = open_store();
+    write_version(s, "b", 1, 1, 0, 'x');
+    write_version(s, "a", 1, 1, AM_STORE_REPLICA, 'x');
+    write_version(s, "c", 1, 1, AM_STORE_REPLICA, 'x');
+    write_version(s, "c", 1, 1, 0, 'x');
+    write_version(s, "bb", 1, 1, AM_STORE_REPLICA, 'x');
+    write_version(s, "d", 1, 1, 0, 'x');
+    struct am_buf b;
+    am_buf_init(&b);
+    cr_assert_eq(am_store_each_key(s, list_keys, &b), 0);
+    cr_assert_eq(b.len, strlen("a,b,bb,c,d,"));
+    cr_assert_eq(memcmp(b.data, "a,b,bb,c,d,", b.len), 0, "%.*s", (int)b.len, b.data);
     am_buf_close(&b);
     close_store(s);
     end_test();
