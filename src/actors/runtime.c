@@ -423,9 +423,12 @@ static void fence(struct am_runtime *rt, struct actor *act, struct snap_write *s
         am_log_warn("%s", why);
     }
     act->fenced = 1;
-    blob_unref(rt, sw->state);
-    struct mq failed = sw->waiters;
-    sw->waiters.head = sw->waiters.tail = NULL;
+    struct mq failed = {NULL, NULL};
+    if (sw) {
+        blob_unref(rt, sw->state);
+        failed = sw->waiters;
+        sw->waiters.head = sw->waiters.tail = NULL;
+    }
     mq_append(&failed, &act->held);
     act->dirty = 0;
     for (struct msg *m = failed.head; m; m = m->next)
@@ -442,7 +445,9 @@ static void write_finish(struct am_runtime *rt, struct snap_write *sw)
     if (act->last_write == sw)
         act->last_write = NULL;
     int durable = rt->o.sync_interval_ms == 0;
-    if (status == 0 && sw->stale) {
+    if (status == 0 && (sw->stale || act->fenced)) {
+        /* Fenced meanwhile: what this write's callers saw is not the
+         * newest state either. */
         fence(rt, act, sw);
     } else if (status == 0 && (sw->seq > act->poison_seq || !durable)) {
         rt->st.snapshots++;
@@ -936,11 +941,9 @@ int am_runtime_fence(struct am_runtime *rt, const char *key, size_t len, uint64_
         return 1;
     if (a->epoch > epoch || (a->epoch == epoch && a->seq >= seq))
         return -1;
-    a->fenced = 1;
-    rt->st.fenced++;
-    am_log_warn("%s: a newer state (epoch %llu, seq %llu) came from another node; this copy "
-                "leaves memory",
-                a->key, (unsigned long long)epoch, (unsigned long long)seq);
+    /* The replies held for the next write and those of the writes in
+     * flight (as they complete) fail: they saw the older state. */
+    fence(rt, a, NULL);
     free_if_fenced(rt, a);
     return 1;
 }

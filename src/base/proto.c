@@ -87,6 +87,7 @@ int am_request_decode(struct am_request *r, const uint8_t *body, size_t len)
             return AM_EPROTO;
         break;
     case AM_MSG_HANDOFF:
+    case AM_MSG_REPLICATE:
         /* The key is "type/id" whole: at most the longest type, '/', id. */
         if (n != 6 || read_name(&p, end, &r->type, &r->type_len, AM_MAX_TYPE + 1 + AM_MAX_ID) ||
             am_mp_read_uint(&p, end, &r->epoch) || am_mp_read_uint(&p, end, &r->seq) ||
@@ -210,11 +211,19 @@ int am_encode_forward(struct am_buf *out, uint64_t id, const struct am_request *
 int am_encode_handoff(struct am_buf *out, uint64_t id, const char *key, size_t key_len,
                       uint64_t epoch, uint64_t seq, const uint8_t *state, size_t state_len)
 {
+    return am_encode_snapshot(out, AM_MSG_HANDOFF, id, key, key_len, epoch, seq, state,
+                              state_len);
+}
+
+int am_encode_snapshot(struct am_buf *out, int kind, uint64_t id, const char *key,
+                       size_t key_len, uint64_t epoch, uint64_t seq, const uint8_t *state,
+                       size_t state_len)
+{
     msgpack_packer pk;
     int rc;
     size_t at = frame_begin(out, &pk, &rc);
     rc = rc || state_len > UINT32_MAX || msgpack_pack_array(&pk, 6) ||
-         msgpack_pack_unsigned_int(&pk, AM_MSG_HANDOFF) || msgpack_pack_uint64(&pk, id) ||
+         msgpack_pack_unsigned_int(&pk, (unsigned)kind) || msgpack_pack_uint64(&pk, id) ||
          am_mp_pack_str(&pk, key, key_len) || msgpack_pack_uint64(&pk, epoch) ||
          msgpack_pack_uint64(&pk, seq) || msgpack_pack_bin(&pk, state_len) ||
          (state_len && msgpack_pack_bin_body(&pk, state, state_len));

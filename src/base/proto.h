@@ -29,6 +29,9 @@
  *   HANDOFF_DONE [11, req_id]                          a node has handed off to
  *                                                      the receiver all it had
  *                                                      for it; peer streams only
+ *   REPLICATE [12, req_id, key, epoch, seq, state]     an owner's new state of
+ *                                                      actor key for a replica;
+ *                                                      peer streams only
  *   REPLY  [128, req_id, status, body]                 body: reply object if
  *                                                      status is 0, else an
  *                                                      error message (str)
@@ -59,6 +62,7 @@ enum am_msg_kind {
     AM_MSG_ACTORS = 9,
     AM_MSG_HANDOFF = 10,
     AM_MSG_HANDOFF_DONE = 11,
+    AM_MSG_REPLICATE = 12,
     AM_MSG_REPLY = 128,
 };
 
@@ -93,7 +97,7 @@ struct am_request {
     const uint8_t *payload; /* exactly one msgpack object; SYNC: the bin's bytes */
     uint32_t payload_len;
     uint64_t version; /* HELLO only */
-    /* HANDOFF only: the snapshot's version (the key is in type/type_len,
+    /* HANDOFF and REPLICATE only: the snapshot's version (the key is in type/type_len,
      * "type/id" whole; the state in payload/payload_len). */
     uint64_t epoch, seq;
     /* FORWARD only: what was forwarded (AM_MSG_CALL or AM_MSG_CAST), how many
@@ -131,7 +135,10 @@ int am_encode_hello_peer(struct am_buf *out, uint64_t id, const char *name);
 int am_encode_forward(struct am_buf *out, uint64_t id, const struct am_request *r, unsigned hops,
                       uint64_t ring_version);
 int am_encode_status(struct am_buf *out, uint64_t id);
-/* HANDOFF of the snapshot of key. */
+/* HANDOFF or REPLICATE (kind) of the snapshot of key. */
+int am_encode_snapshot(struct am_buf *out, int kind, uint64_t id, const char *key,
+                       size_t key_len, uint64_t epoch, uint64_t seq, const uint8_t *state,
+                       size_t state_len);
 int am_encode_handoff(struct am_buf *out, uint64_t id, const char *key, size_t key_len,
                       uint64_t epoch, uint64_t seq, const uint8_t *state, size_t state_len);
 /* A message with no field but its id: STATUS, MEMBERS, LEAVE, RING, ACTORS

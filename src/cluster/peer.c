@@ -692,8 +692,9 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
     struct slot *s = &p->slots[i];
     uint64_t id = (uint64_t)s->gen << 32 | i;
     int rc =
-        r->kind == AM_MSG_HANDOFF ? am_encode_handoff(&p->out, id, r->type, r->type_len, r->epoch,
-                                                      r->seq, r->payload, r->payload_len)
+        r->kind == AM_MSG_HANDOFF || r->kind == AM_MSG_REPLICATE
+            ? am_encode_snapshot(&p->out, r->kind, id, r->type, r->type_len, r->epoch, r->seq,
+                                 r->payload, r->payload_len)
         : r->kind == AM_MSG_HANDOFF_DONE ? am_encode_simple(&p->out, AM_MSG_HANDOFF_DONE, id)
                                          : am_encode_forward(&p->out, id, r, hops, ring_version);
     if (rc) {
@@ -717,6 +718,8 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
     ps->st.pending++;
     if (r->kind == AM_MSG_HANDOFF || r->kind == AM_MSG_HANDOFF_DONE)
         ps->st.handoffs++;
+    else if (r->kind == AM_MSG_REPLICATE)
+        ps->st.replicas++;
     else
         ps->st.forwarded++;
     turn_add(p);

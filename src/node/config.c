@@ -46,6 +46,7 @@ static const struct option_row rows[] = {
     {"idle-timeout", K_UINT, F(idle_ms), 86400000, "MS        deactivate idle actors after (60000)"},
     {"max-connections", K_UINT, F(max_connections), 1u << 20, "N         client connections (10000)"},
     {"max-inflight", K_UINT, F(max_inflight), 1u << 20, "N         calls in flight per connection (4096)"},
+    {"replicas", K_UINT, F(replicas), AM_MAX_REPLICAS, "N         copies of each actor's state, on distinct nodes (2)"},
     {"forward-timeout", K_UINT, F(forward_timeout_ms), 3600000, "MS        a call forwarded to its owner fails (retryable)\n                               without a reply after (5000)"},
 };
 
@@ -214,6 +215,7 @@ int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_
     c->max_connections = 10000;
     c->max_inflight = 4096;
     c->forward_timeout_ms = 5000;
+    c->replicas = 2;
 
     for (size_t i = 0; i < NROWS; i++) {
         char name[64];
@@ -239,11 +241,6 @@ int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_
         for (size_t k = 0; k < NROWS; k++)
             if (strlen(rows[k].flag) == flen && strncmp(rows[k].flag, a + 2, flen) == 0)
                 r = &rows[k];
-        if (!r && flen == 8 && strncmp(a + 2, "replicas", 8) == 0) {
-            snprintf(err, errlen, "--replicas: replication is not built yet; each actor's state "
-                                  "lives on its owner only");
-            return -EINVAL;
-        }
         if (!r) {
             snprintf(err, errlen, "unknown option '%.*s' (see amesh node --help)", (int)flen + 2, a);
             return -EINVAL;

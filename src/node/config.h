@@ -12,6 +12,7 @@
 #define AM_MAX_ACTOR_LIBS 16
 #define AM_MAX_SEEDS 16
 #define AM_MAX_NODE_NAME 128 /* the membership protocol's bound (swim.h) */
+#define AM_MAX_REPLICAS 7     /* copies of a state, the owner's included */
 
 struct am_config {
     char name[256];          /* default: the advertise address */
@@ -34,6 +35,7 @@ struct am_config {
     unsigned max_connections; /* 10,000 */
     unsigned max_inflight;   /* 4,096 per connection */
     unsigned forward_timeout_ms; /* 5,000: reply deadline of a call forwarded to its owner */
+    unsigned replicas;       /* 2: copies of each state, the owner's included */
 };
 
 /* Fills c from argv (argv[0] is "node") and the environment. Returns 0, 1

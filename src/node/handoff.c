@@ -2,6 +2,9 @@
  * (see handoff.h). */
 #include "handoff.h"
 
+#include "config.h"
+#include "replica.h"
+
 #include "err.h"
 #include "log.h"
 #include "mem.h"
@@ -25,13 +28,21 @@
 #define RETRY_MS 200
 #define RETRIES 25
 
+/* One snapshot to send: the key at off in keys, to member `to` of next,
+ * as a HANDOFF (to its new owner) or a REPLICATE (to a new replica). */
+struct entry {
+    uint32_t off;
+    uint16_t to;
+    uint8_t kind;
+};
+
 struct leave {
     struct am_handoff_env env;
     struct am_handoff_stats *st;
     struct am_ring *next;   /* the ring without this node */
     struct am_peer **peers; /* per member of next */
-    struct am_buf keys;     /* the keys to hand off, NUL-terminated, back to back */
-    uint32_t *offs;         /* where each key starts in keys */
+    struct am_buf keys;     /* the keys to send, NUL-terminated, back to back */
+    struct entry *offs;     /* what to send */
     size_t nkeys, cap, cursor, inflight;
     const struct am_ring *ring; /* borrowed while the keys are collected */
     int self_idx;               /* this node in ring */
@@ -48,31 +59,67 @@ struct leave {
     uv_timer_t timer;
 };
 
-/* am_store_each_key: keeps the keys this node owns by the old ring and
- * another member owns by the new one. */
-static int collect(void *arg, const char *key, size_t len)
+static int add_entry(struct leave *l, uint32_t off, int to, int kind)
 {
-    struct leave *l = arg;
-    uint64_t h = am_ring_key_of(key, len);
-    if (am_ring_owner(l->ring, h) != l->self_idx)
-        return 0; /* a copy from an earlier view: another member owned it */
-    if (l->next_self >= 0 && am_ring_owner(l->next, h) == l->next_self)
-        return 0; /* still ours */
     if (l->nkeys == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 1024;
-        uint32_t *o = am_realloc(l->offs, cap * sizeof *o);
+        struct entry *o = am_realloc(l->offs, cap * sizeof *o);
         if (!o)
             return -ENOMEM;
         l->offs = o;
         l->cap = cap;
     }
+    l->offs[l->nkeys].off = off;
+    l->offs[l->nkeys].to = (uint16_t)to;
+    l->offs[l->nkeys].kind = (uint8_t)kind;
+    l->nkeys++;
+    return 0;
+}
+
+/* am_store_each_key: picks what to send of each stored key (a snapshot or
+ * a replica held here):
+ *  - to its new owner, when this node owned it by the old ring and another
+ *    member owns it by the new one (a handoff; the new owner replicates
+ *    it on);
+ *  - to its new replicas, when this node owns it by the new ring: every
+ *    replica by the new ring that was not one by the old (all of them when
+ *    this node did not own it before: it took over from a member that is
+ *    gone, from the copy it kept as a replica). */
+static int collect(void *arg, const char *key, size_t len)
+{
+    struct leave *l = arg;
+    uint64_t h = am_ring_key_of(key, len);
+    int owned = am_ring_owner(l->ring, h) == l->self_idx;
+    int owns = l->next_self >= 0 && am_ring_owner(l->next, h) == l->next_self;
+    int add[AM_MAX_REPLICAS], kind = AM_MSG_REPLICATE;
+    size_t n = 0;
+    if (owned && !owns) {
+        add[n++] = am_ring_owner(l->next, h);
+        kind = AM_MSG_HANDOFF;
+    } else if (owns && l->env.copies > 1) {
+        int now[AM_MAX_REPLICAS], before[AM_MAX_REPLICAS];
+        size_t k = am_replica_targets(l->next, l->next_self, h, l->env.copies, now);
+        size_t b = owned ? am_replica_targets(l->ring, l->self_idx, h, l->env.copies, before) : 0;
+        for (size_t i = 0; i < k; i++) {
+            const char *name = am_ring_member(l->next, now[i]);
+            size_t j = 0;
+            while (j < b && strcmp(am_ring_member(l->ring, before[j]), name) != 0)
+                j++;
+            if (j == b)
+                add[n++] = now[i];
+        }
+    }
+    if (n == 0)
+        return 0;
     if (l->keys.len + len + 1 > UINT32_MAX)
         return -ENOMEM;
-    l->offs[l->nkeys] = (uint32_t)l->keys.len;
+    uint32_t off = (uint32_t)l->keys.len;
     static const char nul = '\0';
     if (am_buf_append(&l->keys, key, len) || am_buf_append(&l->keys, &nul, 1))
         return -ENOMEM;
-    l->nkeys++;
+    for (size_t i = 0; i < n; i++)
+        if (add_entry(l, off, add[i], kind))
+            return -ENOMEM;
     return 0;
 }
 
@@ -104,12 +151,13 @@ static void finish(struct leave *l)
     l->finished = 1;
     uint64_t ms = uv_now(l->env.loop) - l->started;
     if (l->failed)
-        am_log_warn("handed off %zu of %zu actors in %llu ms; %zu could not be and stay in "
-                    "this node's data directory",
-                    l->sent, l->nkeys, (unsigned long long)ms, l->failed);
+        am_log_warn("sent %zu of %zu snapshots (handoffs and new replicas) in %llu ms; %zu "
+                    "could not be and stay in this node's data directory",
+                    l->nkeys - l->failed, l->nkeys, (unsigned long long)ms, l->failed);
     else if (l->nkeys)
-        am_log_info("handed off %zu actors to their next owners in %llu ms", l->sent,
-                    (unsigned long long)ms);
+        am_log_info("sent %zu snapshots in %llu ms: %zu handed off to their next owners, the "
+                    "rest to new replicas",
+                    l->nkeys, (unsigned long long)ms, l->sent);
     void (*done)(void *) = l->done;
     void *arg = l->arg;
     leave_free(l);
@@ -148,13 +196,15 @@ static int again(struct leave *l, size_t idx, int status)
 static void on_reply(void *ctx, uint64_t idx, int status, const uint8_t *body, size_t len)
 {
     struct leave *l = ctx;
-    const char *key = (const char *)l->keys.data + l->offs[idx];
+    const char *key = (const char *)l->keys.data + l->offs[idx].off;
     l->inflight--;
     if (status != AM_ST_OK && again(l, idx, status)) {
         pump(l);
         return;
     }
-    if (status == AM_ST_OK) {
+    if (status == AM_ST_OK && l->offs[idx].kind == AM_MSG_REPLICATE) {
+        l->st->repaired++;
+    } else if (status == AM_ST_OK) {
         l->st->sent++;
         l->sent++;
     } else {
@@ -177,11 +227,11 @@ static void pump(struct leave *l)
     char err[300];
     while (l->inflight < HANDOFF_WINDOW && (l->cursor < l->nkeys || l->nready)) {
         size_t idx = l->nready ? l->ready[--l->nready] : l->cursor++;
-        const char *key = (const char *)l->keys.data + l->offs[idx];
+        const char *key = (const char *)l->keys.data + l->offs[idx].off;
         size_t len = strlen(key);
         struct am_request r;
         memset(&r, 0, sizeof r);
-        r.kind = AM_MSG_HANDOFF;
+        r.kind = l->offs[idx].kind;
         r.id = idx;
         r.type = key;
         r.type_len = (uint32_t)len;
@@ -194,9 +244,9 @@ static void pump(struct leave *l)
         }
         r.payload = l->state.data;
         r.payload_len = (uint32_t)l->state.len;
-        struct am_peer *p = l->peers[am_ring_owner(l->next, am_ring_key_of(key, len))];
+        struct am_peer *p = l->peers[l->offs[idx].to];
         if (!p) {
-            failed(l, key, "its next owner has no peer stream");
+            failed(l, key, "the member it goes to has no peer stream");
             continue;
         }
         rc = am_peer_forward(p, &r, 0, 0, idx, on_reply, l, err, sizeof err);
@@ -241,7 +291,7 @@ static int move(struct leave *l, const struct am_ring *ring, int self_idx, const
     }
     l->ring = NULL;
     if (l->nkeys)
-        am_log_info("handing off %zu actors %s", l->nkeys, what);
+        am_log_info("sending %zu snapshots %s", l->nkeys, what);
     pump(l);
     return 0;
 }
@@ -338,15 +388,44 @@ struct take {
     void *ctx;
     uint64_t id;
     uint8_t *state;
+    struct am_replicator repl;
+    unsigned waits; /* replicas not yet answered */
     char key[];
 };
+
+static void take_free(struct take *t)
+{
+    am_free(t->state);
+    am_free(t);
+}
+
+static void on_replicated(void *ctx, int stale)
+{
+    (void)stale; /* a replica with a newer copy: it will answer the owner's next write so */
+    struct take *t = ctx;
+    if (--t->waits)
+        return;
+    t->cb(t->ctx, t->id, AM_ST_OK, (const uint8_t *)"\xc0", 1);
+    take_free(t);
+}
 
 static void on_stored(struct am_store_write *w, int status)
 {
     struct take *t = (struct take *)w;
     static const uint8_t nil = 0xc0;
-    if (status == 0) {
+    if (status == 0 && !w->stale && t->repl.send) {
+        /* The new owner keeps R copies before the old one lets go of its:
+         * the answer waits for the replicas too. */
         t->st->received++;
+        t->waits = t->repl.send(t->repl.arg, t->key, w->key_len, w->epoch, w->seq,
+                                    t->state, w->state_len, on_replicated, t);
+        if (t->waits)
+            return;
+        t->cb(t->ctx, t->id, AM_ST_OK, &nil, 1);
+    } else if (status == 0) {
+        /* Stored, or a copy here is as new (it was handed here before). */
+        t->st->received += !w->stale;
+        t->st->current += w->stale != 0;
         t->cb(t->ctx, t->id, AM_ST_OK, &nil, 1);
     } else {
         char msg[200];
@@ -360,8 +439,7 @@ static void on_stored(struct am_store_write *w, int status)
         am_log_warn("%s", msg);
         t->cb(t->ctx, t->id, AM_ST_STORAGE, body, n + 2);
     }
-    am_free(t->state);
-    am_free(t);
+    take_free(t);
 }
 
 int am_handoff_take(const struct am_handoff_env *env, const struct am_ring *ring,
@@ -377,24 +455,29 @@ int am_handoff_take(const struct am_handoff_env *env, const struct am_ring *ring
     int from_previous = waiting &&
                         am_handoff_previous_owner(ring, without_self, self_idx, key, len, &prev) &&
                         strcmp(prev, peer) == 0;
-    if (!from_previous && (owner < 0 || strcmp(am_ring_member(ring, owner), peer) != 0)) {
+    /* From its owner (leaving), its previous owner (this node joined), or
+     * anyone when this node owns it: a member that served the actor while
+     * this node was paused or cut off hands it back. Only a newer version
+     * is stored. */
+    if (!from_previous && owner != self_idx &&
+        (owner < 0 || strcmp(am_ring_member(ring, owner), peer) != 0)) {
         st->refused++;
         return am_errf(err, errlen, AM_EINVAL,
-                       "%s does not own %.*s by %s's ring (%s does); handoff not taken", peer,
-                       (int)len, key, env->self,
+                       "neither %s nor %s owns %.*s by %s's ring (%s does); handoff not taken",
+                       peer, env->self, (int)len, key, env->self,
                        owner < 0 ? "nobody" : am_ring_member(ring, owner));
     }
-    if (am_runtime_is_active(env->rt, key, len)) {
+    /* Active here: with an older version, that copy leaves memory (it was
+     * served while the sender owned the actor: this node was paused or cut
+     * off); with the same or a newer one, nothing is to be taken. */
+    if (am_runtime_fence(env->rt, key, len, r->epoch, r->seq) < 0) {
         st->refused++;
-        return am_errf(err, errlen, AM_EINVAL, "%.*s is active on %s; handoff not taken", (int)len,
-                       key, env->self);
-    }
-    if (r->payload_len == 0) {
-        st->refused++;
-        return am_errf(err, errlen, AM_EPROTO, "handoff of %.*s carries no state", (int)len, key);
+        return am_errf(err, errlen, AM_EINVAL,
+                       "%.*s is active on %s with this version or a newer one; handoff not taken",
+                       (int)len, key, env->self);
     }
     struct take *t = am_calloc(1, sizeof *t + len + 1);
-    uint8_t *state = am_malloc(r->payload_len);
+    uint8_t *state = am_malloc(r->payload_len ? r->payload_len : 1);
     if (!t || !state) {
         am_free(t);
         am_free(state);
@@ -407,12 +490,14 @@ int am_handoff_take(const struct am_handoff_env *env, const struct am_ring *ring
     t->cb = cb;
     t->ctx = ctx;
     t->id = r->id;
+    t->repl = env->repl;
     t->w.key = t->key;
     t->w.key_len = len;
     t->w.epoch = r->epoch;
     t->w.seq = r->seq;
     t->w.state = state;
     t->w.state_len = r->payload_len;
+    t->w.flags = AM_STORE_NEWER;
     int rc = am_store_write(env->store, &t->w, on_stored);
     if (rc) {
         am_free(state);

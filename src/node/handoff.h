@@ -10,10 +10,11 @@
  * is on disk. Only then does the node spread `left`: by the time the other
  * members place its actors elsewhere, their state is there.
  *
- * A receiver takes a HANDOFF only from the node that owns the actor by the
- * receiver's own ring, and only for an actor not active on the receiver;
- * otherwise it refuses it (unavailable) and the sender counts it failed and
- * logs it: its copy stays in its own data directory.
+ * A receiver takes a HANDOFF from the node that owns the actor by the
+ * receiver's own ring, or for an actor the receiver owns (it was paused or
+ * cut off and the sender served the actor meanwhile); otherwise it refuses
+ * it (invalid_argument) and the sender counts it failed and logs it: its
+ * copy stays in its own data directory.
  *
  * When members join, every node hands the snapshots of the actors that the
  * newcomers now own to them (am_handoff_move), after it has deactivated
@@ -23,9 +24,17 @@
  * it never serves them from empty or stale state while their owner can
  * still hand them over.
  *
- * Not covered: a node that dies hands nothing off (no replicas yet), and
- * calls that reach a leaving node while it hands off wait for their
- * --forward-timeout at the node that forwarded them. */
+ * Handoffs and replicas are stored only when newer than every copy the
+ * receiver holds (store.h); an actor active on the receiver with an older
+ * version is fenced (runtime.h) and the handoff taken. A receiver that took
+ * a handoff replicates it to the actor's replicas before it answers.
+ *
+ * The same walk repairs replication after a ring change: the owner of each
+ * stored key sends it (REPLICATE) to the members that became its replicas
+ * (replica.h). A node that dies hands nothing off: its first replica takes
+ * over from the copy it keeps. Calls that reach a leaving node while it
+ * hands off wait for their --forward-timeout at the node that forwarded
+ * them. */
 #ifndef AM_HANDOFF_H
 #define AM_HANDOFF_H
 
@@ -46,6 +55,10 @@ struct am_handoff_env {
     struct am_peers *peers;
     const struct am_swim *core; /* member addresses */
     const char *self;           /* this node's name */
+    unsigned copies;            /* --replicas: copies of each state, the owner's included */
+    /* Where a taken handoff is passed on (the new owner keeps R copies
+     * before it answers); send NULL: nowhere. */
+    struct am_replicator repl;
 };
 
 struct am_handoff_stats {
@@ -53,6 +66,8 @@ struct am_handoff_stats {
     uint64_t failed;   /* snapshots that could not be handed off (kept here) */
     uint64_t received; /* snapshots taken from a leaving owner and stored */
     uint64_t refused;  /* snapshots refused: sender not the owner, actor active here */
+    uint64_t current;  /* snapshots handed here whose version was here already (a replica) */
+    uint64_t repaired; /* snapshots sent to members that became their replicas */
 };
 
 /* Hands off every stored snapshot this node owns by ring (in which it is
@@ -65,7 +80,8 @@ int am_handoff_leave(const struct am_handoff_env *env, const struct am_ring *rin
                      struct am_handoff_stats *st, void (*done)(void *arg), void *arg);
 
 /* Hands off every stored snapshot this node owned by from and another
- * member owns by to (a ring change: members joined), as am_handoff_leave. */
+ * member owns by to, and sends the snapshots this node owns by to to the
+ * members that became their replicas (a ring change), as am_handoff_leave. */
 int am_handoff_move(const struct am_handoff_env *env, const struct am_ring *from,
                     const struct am_ring *to, struct am_handoff_stats *st, void (*done)(void *arg),
                     void *arg);
@@ -76,10 +92,11 @@ int am_handoff_move(const struct am_handoff_env *env, const struct am_ring *from
 int am_handoff_previous_owner(const struct am_ring *ring, const struct am_ring *without_self,
                               int self_idx, const char *key, size_t len, const char **prev);
 
-/* A HANDOFF r from the peer named peer: stored when the actor is not
- * active here and either peer owns it by ring (peer is leaving), or this
- * node waits for peer's handoff (waiting: this node joined) and peer owned
- * the actor before this node was in the ring (its owner by without_self).
+/* A HANDOFF r from the peer named peer: taken when peer owns it by ring
+ * (peer is leaving), or this node owns it, or this node waits for peer's
+ * handoff (waiting: this node joined) and peer owned the actor before this
+ * node was in the ring (its owner by without_self); stored when newer than
+ * every copy here (an active older copy is fenced).
  * cb(ctx, r->id, status, body, len) runs once it is on disk (or failed).
  * Returns 0, or a negative code with err set (cb never runs). */
 int am_handoff_take(const struct am_handoff_env *env, const struct am_ring *ring,

@@ -27,6 +27,7 @@
 #include "peer.h"
 #include "proto.h"
 #include "registry.h"
+#include "replica.h"
 #include "ring.h"
 #include "runtime.h"
 #include "seal.h"
@@ -59,6 +60,7 @@ struct node {
     struct am_peers *peers;
     uint64_t routed, forwards_in, hop_limited, ring_mismatches;
     struct am_handoff_stats handoff;
+    struct am_replication repl; /* replica.h; follows ring and ring_peers */
     /* Handoff to members that join (handoff.h). base: the ring this node
      * last handed off from; a move hands what changed owner from base to
      * the current ring, once the actors this node stopped owning are
@@ -137,13 +139,13 @@ static int pack_status(void *arg, msgpack_packer *pk)
     }
     struct am_peers_stats ps;
     am_peers_get_stats(n->peers, &ps);
-    return msgpack_pack_map(pk, 14) || pack_kv_str(pk, "node", n->cfg.name) ||
+    return msgpack_pack_map(pk, 15) || pack_kv_str(pk, "node", n->cfg.name) ||
            pack_kv_str(pk, "version", AM_VERSION_STRING) ||
            pack_kv_u64(pk, "pid", (uint64_t)getpid()) ||
            pack_kv_u64(pk, "uptime_ms", uv_now(&n->loop) - n->started_ms) ||
            pack_kv_str(pk, "sync", sync) || pack_kv_u64(pk, "incarnation", meta.incarnation) ||
            pack_kv_str(pk, "data", n->cfg.data) || am_mp_pack_str(pk, "actors", 6) ||
-           msgpack_pack_map(pk, 12) || pack_kv_u64(pk, "active", rs.active) ||
+           msgpack_pack_map(pk, 13) || pack_kv_u64(pk, "active", rs.active) ||
            pack_kv_u64(pk, "activations", rs.activations) ||
            pack_kv_u64(pk, "deactivations", rs.deactivations) ||
            pack_kv_u64(pk, "calls", rs.calls) || pack_kv_u64(pk, "casts", rs.casts) ||
@@ -151,6 +153,7 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "refused", rs.refused) || pack_kv_u64(pk, "snapshots", rs.snapshots) ||
            pack_kv_u64(pk, "write_errors", rs.write_errors) ||
            pack_kv_u64(pk, "waiting", rs.waiting) || pack_kv_u64(pk, "lost", rs.lost) ||
+           pack_kv_u64(pk, "fenced", rs.fenced) ||
            am_mp_pack_str(pk, "store", 5) || msgpack_pack_map(pk, 7) ||
            pack_kv_u64(pk, "records", ss.records) || pack_kv_u64(pk, "writes", ss.writes) ||
            pack_kv_u64(pk, "commits", ss.commits) || pack_kv_u64(pk, "max_batch", ss.max_batch) ||
@@ -199,14 +202,24 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "bad_frames", ps.bad_frames) ||
            pack_kv_u64(pk, "bytes_in", ps.bytes_in) || pack_kv_u64(pk, "bytes_out", ps.bytes_out) ||
            pack_kv_u64(pk, "timeout_ms", n->cfg.forward_timeout_ms) ||
-           am_mp_pack_str(pk, "handoff", 7) || msgpack_pack_map(pk, 8) ||
+           am_mp_pack_str(pk, "handoff", 7) || msgpack_pack_map(pk, 9) ||
            pack_kv_u64(pk, "waiting", n->nwaiting) || pack_kv_u64(pk, "held", n->nheld) ||
            pack_kv_u64(pk, "held_total", n->held_total) ||
            pack_kv_u64(pk, "hold_expired", n->hold_expired) ||
            pack_kv_u64(pk, "sent", n->handoff.sent) ||
            pack_kv_u64(pk, "failed", n->handoff.failed) ||
            pack_kv_u64(pk, "received", n->handoff.received) ||
-           pack_kv_u64(pk, "refused", n->handoff.refused);
+           pack_kv_u64(pk, "refused", n->handoff.refused) ||
+           pack_kv_u64(pk, "current", n->handoff.current) ||
+           am_mp_pack_str(pk, "replication", 11) ||
+           msgpack_pack_map(pk, 9) || pack_kv_u64(pk, "replicas", n->cfg.replicas) ||
+           pack_kv_u64(pk, "sent", n->repl.st.sent) || pack_kv_u64(pk, "acked", n->repl.st.acked) ||
+           pack_kv_u64(pk, "stale", n->repl.st.stale) ||
+           pack_kv_u64(pk, "unreplicated", n->repl.st.unreplicated) ||
+           pack_kv_u64(pk, "received", n->repl.st.received) ||
+           pack_kv_u64(pk, "stored", n->repl.st.stored) ||
+           pack_kv_u64(pk, "newer_here", n->repl.st.newer_here) ||
+           pack_kv_u64(pk, "repaired", n->handoff.repaired);
 }
 
 /* A member change reaches the ring this long after it (later changes
@@ -276,6 +289,9 @@ static void ring_rebuild(struct node *n)
     am_free(n->ring_peers);
     n->ring = r;
     n->ring_peers = peers;
+    n->repl.ring = r;
+    n->repl.ring_peers = peers;
+    n->repl.self_idx = n->self_idx;
     if (live > 1 && !n->seen_others)
         ring_joined(n);
     waiting_prune(n);
@@ -817,16 +833,21 @@ static struct am_handoff_env handoff_env(struct node *n)
         .peers = n->peers,
         .core = n->gossip ? am_gossip_core(n->gossip) : NULL,
         .self = n->cfg.name,
+        .copies = n->cfg.replicas,
+        .repl = {am_replication_send, &n->repl},
     };
     return env;
 }
 
-/* HANDOFF from a leaving owner (handoff.h). */
+/* HANDOFF from a leaving or former owner (handoff.h), REPLICATE from an
+ * owner (replica.h). */
 static int take_handoff(void *arg, const char *peer, const struct am_request *r, am_reply_fn cb,
                         void *ctx, char *err, size_t errlen)
 {
     struct node *n = arg;
     struct am_handoff_env env = handoff_env(n);
+    if (r->kind == AM_MSG_REPLICATE)
+        return am_replication_take(&n->repl, peer, r, cb, ctx, err, errlen);
     if (n->stopping)
         return am_errf(err, errlen, AM_ESHUTDOWN, "%s is stopping; handoff not taken", n->cfg.name);
     return am_handoff_take(&env, n->ring, n->wo_self, is_waiting(n, peer), peer, r, cb, ctx,
@@ -877,6 +898,8 @@ static void placement_close(struct node *n)
     am_ring_free(n->ring);
     am_free(n->waiting);
     am_free(n->ring_peers);
+    n->repl.ring = NULL;
+    n->repl.ring_peers = NULL;
     n->base = n->wo_self = n->ring = NULL;
     n->waiting = NULL;
     n->ring_peers = NULL;
@@ -904,6 +927,8 @@ static void on_peers_closed(void *arg)
 {
     struct node *n = arg;
     n->peers = NULL;
+    am_runtime_set_replicator(n->rt, NULL);
+    n->repl.ring_peers = NULL;
     am_log_info("closing connections");
     am_server_close(n->srv, on_server_closed, n);
     n->srv = NULL;
@@ -1095,6 +1120,13 @@ static int start(struct node *n, char *err, size_t errlen)
         snprintf(err, errlen, "cannot set up peer streams: %s", am_strerror(rc));
         return rc;
     }
+    n->repl.loop = &n->loop;
+    n->repl.store = n->store;
+    n->repl.rt = n->rt;
+    n->repl.self = c->name;
+    n->repl.copies = c->replicas;
+    n->repl.self_idx = -1;
+    am_runtime_set_replicator(n->rt, &(struct am_replicator){am_replication_send, &n->repl});
     uv_timer_init(&n->loop, &n->ring_timer);
     uv_timer_init(&n->loop, &n->release_timer);
     uv_timer_init(&n->loop, &n->hold_timer);

@@ -355,8 +355,12 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
         handle_leave(c, &r);
         return;
     case AM_MSG_HANDOFF:
+    case AM_MSG_REPLICATE:
         if (!c->peer) {
-            bad_frame(c, &r, "HANDOFF is taken on peer streams only (HELLO role 'peer')");
+            bad_frame(c, &r,
+                      r.kind == AM_MSG_HANDOFF
+                          ? "HANDOFF is taken on peer streams only (HELLO role 'peer')"
+                          : "REPLICATE is taken on peer streams only (HELLO role 'peer')");
             c->close_after_write = 1;
             return;
         }
@@ -390,7 +394,9 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
         break;
     default:
         if (c->peer) {
-            bad_frame(c, &r, "a peer stream carries FORWARD and HANDOFF frames only");
+            bad_frame(c, &r,
+                      "a peer stream carries FORWARD, HANDOFF, HANDOFF_DONE and REPLICATE frames "
+                      "only");
             return;
         }
         break;

@@ -61,9 +61,10 @@ struct am_server_hooks {
      * everything runs here. */
     int (*route)(void *arg, const struct am_request *r, am_reply_fn cb, void *ctx, char *err,
                  size_t errlen);
-    /* HANDOFF r from the peer named peer (peer streams only): 0 when taken,
-     * and cb(ctx, r->id, ...) will run exactly once when it is stored, or a
-     * negative code with err set. NULL: refused. */
+    /* HANDOFF or REPLICATE r (r->kind) from the peer named peer (peer
+     * streams only): 0 when taken, and cb(ctx, r->id, ...) will run exactly
+     * once when it is stored, or a negative code with err set. NULL:
+     * refused. */
     int (*handoff)(void *arg, const char *peer, const struct am_request *r, am_reply_fn cb,
                    void *ctx, char *err, size_t errlen);
     /* HANDOFF_DONE from the peer named peer: it handed off all it had for

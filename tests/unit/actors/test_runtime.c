@@ -29,7 +29,13 @@
  * for certain, while small ones still fit.
  *
  * A reply's hook runs inside the runtime's callback, to check what holds at
- * that moment (the state is committed) or to call the runtime re-entrantly. */
+ * that moment (the state is committed) or to call the runtime re-entrantly.
+ *
+ * Replication: a fake replicator records every send (key, version, a copy of
+ * the state, done and ctx) and claims N replicas; the test answers each one
+ * itself, so "a replica has not answered yet" lasts as long as it needs.
+ * Replicas left unanswered are answered before finish() (shutdown waits for
+ * them). Newer copies elsewhere are made by writing the store directly. */
 #include "err.h"
 #include "mp.h"
 #include "registry.h"
@@ -794,6 +800,12 @@ static int stored_c1_is_2(void *arg)
 
 /* Ticks that meet an actor whose write is in flight must not drop its newer
  * change: it reaches the disk once the writer is free again. */
+static int two_snapshots(void *arg)
+{
+    (void)arg;
+    return rt_stats().snapshots >= 2;
+}
+
 Test(runtime, a_change_made_while_its_write_is_in_flight_is_written_at_the_next_interval)
 {
     g.ro.sync_interval_ms = 10;
@@ -810,6 +822,8 @@ Test(runtime, a_change_made_while_its_write_is_in_flight_is_written_at_the_next_
     cr_assert_eq(rt_stats().snapshots, 0);
     unlock_writer();
     run_until_fn(stored_c1_is_2, NULL, "the second state to be written");
+    /* The record can be read before the loop has run the write's callback. */
+    run_until_fn(two_snapshots, NULL, "the second write's callback");
     cr_assert_eq(rt_stats().snapshots, 2);
     finish();
 }
@@ -1652,4 +1666,685 @@ Test(runtime, free_of_null_is_a_no_op)
     uv_close((uv_handle_t *)&g.stop, NULL);
     uv_run(&g.loop, UV_RUN_DEFAULT);
     cr_assert_eq(uv_loop_close(&g.loop), 0);
+}
+
+/* ---- replication ------------------------------------------------------------------ */
+
+/* A fake replicator: send records every call (key, version, a copy of the
+ * state, done and ctx) and returns g_repl.replicas; the test answers each
+ * replica itself with answer(). Every replica left unanswered must be
+ * answered before finish() (repl_finish), since shutdown waits for them. */
+#define MAX_SENT 64
+
+struct sent {
+    char key[64];
+    uint64_t epoch, seq;
+    uint8_t *state; /* a copy, malloc'd; NULL for no state */
+    size_t len;
+    am_replica_done_fn done;
+    void *ctx;
+    unsigned replicas, answered;
+};
+
+static struct {
+    unsigned replicas; /* what send returns */
+    int sends;
+    struct sent s[MAX_SENT];
+} g_repl;
+
+static unsigned fake_send(void *arg, const char *key, size_t key_len, uint64_t epoch, uint64_t seq,
+                          const uint8_t *state, size_t len, am_replica_done_fn done, void *ctx)
+{
+    cr_assert_eq(arg, &g_repl, "send gets the replicator's arg");
+    cr_assert_lt(g_repl.sends, MAX_SENT);
+    cr_assert_lt(key_len, sizeof g_repl.s[0].key);
+    cr_assert_not_null(done);
+    struct sent *s = &g_repl.s[g_repl.sends++];
+    memcpy(s->key, key, key_len);
+    s->key[key_len] = '\0';
+    s->epoch = epoch;
+    s->seq = seq;
+    s->len = len;
+    s->state = NULL;
+    if (len) {
+        s->state = malloc(len);
+        cr_assert_not_null(s->state);
+        memcpy(s->state, state, len);
+    }
+    s->done = done;
+    s->ctx = ctx;
+    s->replicas = g_repl.replicas;
+    s->answered = 0;
+    return g_repl.replicas;
+}
+
+static void use_replicator(unsigned replicas)
+{
+    memset(&g_repl, 0, sizeof g_repl);
+    g_repl.replicas = replicas;
+    struct am_replicator r = {fake_send, &g_repl};
+    am_runtime_set_replicator(g.rt, &r);
+}
+
+/* One replica of send i answers. */
+static void answer(int i, int stale)
+{
+    cr_assert_lt(i, g_repl.sends, "send %d never happened", i);
+    struct sent *s = &g_repl.s[i];
+    cr_assert_lt(s->answered, s->replicas, "every replica of send %d has answered", i);
+    s->answered++;
+    s->done(s->ctx, stale);
+}
+
+static void answer_all(int i, int stale)
+{
+    while (g_repl.s[i].answered < g_repl.s[i].replicas)
+        answer(i, stale);
+}
+
+/* Answers every replica still waiting, clears the replicator (shutdown's
+ * writes are not sent then) and frees the copies. */
+static void repl_finish(void)
+{
+    for (int i = 0; i < g_repl.sends; i++)
+        answer_all(i, 0);
+    am_runtime_set_replicator(g.rt, NULL);
+    for (int i = 0; i < g_repl.sends; i++) {
+        free(g_repl.s[i].state);
+        g_repl.s[i].state = NULL;
+    }
+}
+
+/* Runs the loop until send i happened and its local write was called back. */
+static void wait_local_commit(int i)
+{
+    uint64_t zero = 0;
+    run_until(&g_repl.sends, i + 1, "the state to be sent to the replicas");
+    run_until_fn(store_pending_is, &zero, "the local write");
+}
+
+/* The newest stored copy of key: 0 and its version and state, or -ENOENT. */
+static int stored_version(const char *key, struct am_buf *state, uint64_t *epoch, uint64_t *seq)
+{
+    am_buf_init(state);
+    int rc = am_store_get(g.store, key, strlen(key), state, epoch, seq);
+    cr_assert(rc == 0 || rc == -ENOENT, "store get %s: %s", key, am_strerror(rc));
+    return rc;
+}
+
+/* Send i carries exactly the version and state stored for its key. */
+static void expect_sent_is_stored(int i)
+{
+    struct sent *s = &g_repl.s[i];
+    struct am_buf b;
+    uint64_t epoch, seq;
+    cr_assert_eq(stored_version(s->key, &b, &epoch, &seq), 0, "%s is not stored", s->key);
+    cr_assert_eq(s->epoch, epoch, "sent epoch %llu, stored %llu", (unsigned long long)s->epoch,
+                 (unsigned long long)epoch);
+    cr_assert_eq(s->seq, seq, "sent seq %llu, stored %llu", (unsigned long long)s->seq,
+                 (unsigned long long)seq);
+    cr_assert_eq(s->len, b.len, "sent %zu bytes of state, stored %zu", s->len, b.len);
+    cr_assert(b.len == 0 || memcmp(s->state, b.data, b.len) == 0, "sent another state");
+    am_buf_close(&b);
+}
+
+static void expect_version(const char *key, uint64_t epoch, uint64_t seq)
+{
+    struct am_buf b;
+    uint64_t e, s;
+    cr_assert_eq(stored_version(key, &b, &e, &s), 0, "%s is not stored", key);
+    am_buf_close(&b);
+    cr_assert(e == epoch && s == seq, "%s is stored at (%llu, %llu), expected (%llu, %llu)", key,
+              (unsigned long long)e, (unsigned long long)s, (unsigned long long)epoch,
+              (unsigned long long)seq);
+}
+
+static int is_active(const char *key)
+{
+    return am_runtime_is_active(g.rt, key, strlen(key));
+}
+
+struct put {
+    struct am_store_write w;
+    int calls, status;
+};
+
+static void on_put(struct am_store_write *w, int status)
+{
+    struct put *p = w->data;
+    p->calls++;
+    p->status = status;
+}
+
+/* Writes a counter's value straight into the store, and waits. */
+static void store_put_int(const char *key, uint64_t epoch, uint64_t seq, int64_t v, unsigned flags)
+{
+    struct num x = num(v);
+    struct put p = {0};
+    p.w.key = key;
+    p.w.key_len = strlen(key);
+    p.w.epoch = epoch;
+    p.w.seq = seq;
+    p.w.state = x.b;
+    p.w.state_len = x.n;
+    p.w.flags = flags;
+    p.w.data = &p;
+    cr_assert_eq(am_store_write(g.store, &p.w, on_put), 0);
+    run_until(&p.calls, 1, "the direct store write");
+    cr_assert_eq(p.status, 0, "direct store write: %s", am_strerror(p.status));
+    cr_assert_eq(p.w.stale, 0);
+}
+
+Test(runtime, durable_reply_waits_for_the_local_commit_and_every_replica)
+{
+    start();
+    use_replicator(2);
+    struct rep r = {0};
+    add("c1", 5, &r);
+    cr_assert_eq(g_repl.sends, 0, "sent before the write was submitted");
+    wait_local_commit(0);
+    run_for(20);
+    cr_assert_eq(r.calls, 0, "replied after the local commit, before any replica answered");
+    cr_assert_eq(rt_stats().waiting, 1);
+    cr_assert_eq(rt_stats().snapshots, 0);
+    cr_assert_eq(g_repl.sends, 1, "one write, one send");
+    cr_assert_str_eq(g_repl.s[0].key, "counter/c1");
+    cr_assert_eq(g_repl.s[0].epoch, 1, "a fresh actor's first epoch is 1");
+    cr_assert_eq(g_repl.s[0].seq, 1);
+    expect_sent_is_stored(0);
+    cr_assert_eq(stored_int("counter/c1"), 5);
+
+    answer(0, 0);
+    run_for(20);
+    cr_assert_eq(r.calls, 0, "replied before the second replica answered");
+    answer(0, 0);
+    run_until(&r.calls, 1, "the reply");
+    expect_status(&r, AM_ST_OK);
+    cr_assert_eq(r.i, 5);
+    struct am_runtime_stats st = rt_stats();
+    cr_assert_eq(st.waiting, 0);
+    cr_assert_eq(st.snapshots, 1);
+    cr_assert_eq(st.fenced, 0);
+    cr_assert(is_active("counter/c1"));
+
+    /* The next change is sent at the next seq of the same epoch. */
+    struct rep r2 = {0};
+    add("c1", 1, &r2);
+    wait_local_commit(1);
+    cr_assert_eq(g_repl.s[1].epoch, 1);
+    cr_assert_eq(g_repl.s[1].seq, 2);
+    expect_sent_is_stored(1);
+    cr_assert_eq(r2.calls, 0);
+    answer_all(1, 0);
+    run_until(&r2.calls, 1, "the second reply");
+    expect_status(&r2, AM_ST_OK);
+    cr_assert_eq(r2.i, 6);
+    repl_finish();
+    finish();
+}
+
+Test(runtime, replicas_answering_before_the_local_commit_still_wait_for_it)
+{
+    locker_fork();
+    start();
+    use_replicator(2);
+    lock_writer();
+    struct rep r = {0};
+    add("c1", 7, &r);
+    run_until(&g_repl.sends, 1, "the send");
+    answer_all(0, 0);
+    run_for(30);
+    cr_assert_eq(store_stats().pending, 1, "the local write completed while the writer is held");
+    cr_assert_eq(r.calls, 0, "replied before the local commit");
+    unlock_writer();
+    run_until(&r.calls, 1, "the reply");
+    expect_status(&r, AM_ST_OK);
+    cr_assert_eq(r.i, 7);
+    cr_assert_eq(stored_int("counter/c1"), 7);
+    expect_sent_is_stored(0);
+    repl_finish();
+    finish();
+}
+
+Test(runtime, a_stale_replica_fences_the_actor_which_comes_back_from_the_store)
+{
+    start();
+    use_replicator(2);
+    struct rep r1 = {0}, r2 = {0}, r3 = {0};
+    add("c1", 1, &r1);
+    wait_local_commit(0);
+    answer_all(0, 0);
+    run_until(&r1.calls, 1, "the first reply");
+    expect_status(&r1, AM_ST_OK);
+
+    add("c1", 2, &r2);
+    wait_local_commit(1);
+    expect_sent_is_stored(1); /* the local write did commit */
+    cr_assert_eq(r2.calls, 0);
+    answer(1, 0);
+    answer(1, 1); /* this replica holds this version or a newer one */
+    run_until(&r2.calls, 1, "the fenced call's reply");
+    expect_status(&r2, AM_ST_UNAVAILABLE);
+    expect_text(&r2, "counter/c1 has a newer state on another node");
+    struct am_runtime_stats st = rt_stats();
+    cr_assert_eq(st.fenced, 1);
+    cr_assert_eq(st.waiting, 0);
+    cr_assert_eq(st.snapshots, 1, "a stale write counted as a snapshot");
+    cr_assert_eq(st.write_errors, 0);
+    cr_assert_not(is_active("counter/c1"), "a quiet fenced actor stayed in memory");
+    cr_assert_eq(st.active, 0);
+    cr_assert_eq(st.deactivations, 1);
+
+    /* The local commit stands: the next call activates from it. */
+    expect_version("counter/c1", 1, 2);
+    cr_assert_eq(stored_int("counter/c1"), 3);
+    add("c1", 10, &r3);
+    cr_assert(is_active("counter/c1"));
+    wait_local_commit(2);
+    cr_assert_eq(g_repl.s[2].epoch, 2, "the new activation's epoch");
+    cr_assert_eq(g_repl.s[2].seq, 3);
+    expect_sent_is_stored(2);
+    cr_assert_eq(stored_int("counter/c1"), 13);
+    run_for(10);
+    cr_assert_eq(r3.calls, 0);
+    answer_all(2, 0);
+    run_until(&r3.calls, 1, "the reply after reactivation");
+    expect_status(&r3, AM_ST_OK);
+    cr_assert_eq(r3.i, 13);
+    st = rt_stats();
+    cr_assert_eq(st.activations, 2);
+    cr_assert_eq(st.fenced, 1);
+    cr_assert_eq(st.snapshots, 2);
+    repl_finish();
+    finish();
+}
+
+/* Writes behind the stale one carry states built on it: everything that saw
+ * it fails, later messages are refused while it is in memory, and it leaves
+ * once its last write is answered. */
+Test(runtime, a_stale_replica_fails_every_call_that_saw_the_fenced_state)
+{
+    start();
+    use_replicator(1);
+    struct rep a = {0}, b = {0}, c = {0}, d = {0};
+    add("c1", 1, &a);
+    wait_local_commit(0);
+    add("c1", 1, &b);
+    wait_local_commit(1); /* a second write in flight, built on the first */
+    add("c1", 1, &c);     /* handled, its write not yet submitted */
+    cr_assert_eq(c.calls, 0);
+    cr_assert_eq(rt_stats().waiting, 3);
+    answer(0, 1);
+    expect_status(&a, AM_ST_UNAVAILABLE);
+    expect_status(&c, AM_ST_UNAVAILABLE);
+    cr_assert_eq(b.calls, 0, "answered before its own write completed");
+    cr_assert_eq(rt_stats().fenced, 1);
+    cr_assert(is_active("counter/c1"), "freed with a write in flight");
+    cr_assert_eq(submit("counter", "c1", "get", NULL, 0, &d), AM_EUNAVAIL);
+    cr_assert(strstr(g.err, "counter/c1 is moving") != NULL, "err '%s'", g.err);
+    cr_assert_eq(submit("counter", "c1", "add", NULL, 0, NULL), AM_EUNAVAIL, "casts too");
+    run_for(20);
+    cr_assert(is_active("counter/c1"), "freed with a write in flight");
+    cr_assert_eq(g_repl.sends, 2, "the fenced state was written again");
+    answer(1, 1); /* the replica holds a newer copy: this one is stale too */
+    expect_status(&b, AM_ST_UNAVAILABLE);
+    run_for(10);
+    cr_assert_not(is_active("counter/c1"));
+    cr_assert_eq(d.calls, 0, "the callback of a refused call ran");
+    struct am_runtime_stats st = rt_stats();
+    cr_assert_eq(st.fenced, 1, "one actor fenced, counted once");
+    cr_assert_eq(st.refused, 2);
+    cr_assert_eq(st.waiting, 0);
+    cr_assert_eq(st.ok, 0);
+    cr_assert_eq(st.errors, 3);
+    cr_assert_eq(g_repl.sends, 2);
+    repl_finish();
+    finish();
+}
+
+static void hook_read_store_c1(struct rep *r)
+{
+    r->arg = (void *)(intptr_t)(is_stored("counter/c1") ? stored_int("counter/c1") : -1);
+}
+
+Test(runtime, a_replicator_without_replicas_replies_after_the_local_commit)
+{
+    start();
+    use_replicator(0);
+    struct rep r = {.hook = hook_read_store_c1};
+    add("c1", 4, &r);
+    cr_assert_eq(r.calls, 0);
+    run_until(&r.calls, 1, "the reply");
+    expect_status(&r, AM_ST_OK);
+    cr_assert_eq(r.i, 4);
+    cr_assert_eq((intptr_t)r.arg, 4, "the reply ran before its state was committed");
+    cr_assert_eq(g_repl.sends, 1, "send was not called");
+    expect_sent_is_stored(0);
+    cr_assert_eq(rt_stats().snapshots, 1);
+    cr_assert_eq(rt_stats().waiting, 0);
+    /* The replicator cleared: no send at all. */
+    am_runtime_set_replicator(g.rt, NULL);
+    cr_assert_eq(call("counter", "c1", "add", NULL, 0).i, 5);
+    cr_assert_eq(g_repl.sends, 1, "send called after the replicator was cleared");
+    repl_finish();
+    finish();
+}
+
+static int none_kept(void *arg, const char *key, size_t len)
+{
+    (void)arg;
+    (void)key;
+    (void)len;
+    return 0;
+}
+
+static int deactivations_reach(void *arg)
+{
+    return rt_stats().deactivations >= *(uint64_t *)arg;
+}
+
+Test(runtime, every_activation_writes_at_the_next_epoch)
+{
+    g.ro.idle_ms = 40;
+    start();
+    store_put_int("counter/e1", 5, 7, 10, 0);
+    cr_assert_eq(call("counter", "e1", "add", NULL, 0).i, 11);
+    expect_version("counter/e1", 6, 8);
+
+    /* Released, then reactivated. */
+    cr_assert_eq(am_runtime_release(g.rt, none_kept, NULL), 0);
+    cr_assert_not(is_active("counter/e1"));
+    cr_assert_eq(call("counter", "e1", "add", NULL, 0).i, 12);
+    expect_version("counter/e1", 7, 9);
+
+    /* Idle, then reactivated. */
+    uint64_t two = 2;
+    run_until_fn(deactivations_reach, &two, "the idle deactivation");
+    cr_assert_not(is_active("counter/e1"));
+    cr_assert_eq(counter_value("e1"), 12, "a read brought it back");
+    expect_version("counter/e1", 7, 9); /* a read writes nothing */
+    cr_assert_eq(call("counter", "e1", "add", NULL, 0).i, 13);
+    expect_version("counter/e1", 8, 10);
+    cr_assert_eq(rt_stats().activations, 3);
+
+    /* The newest copy may be a replica: the activation continues it. */
+    store_put_int("counter/e2", 3, 4, 1, 0);
+    store_put_int("counter/e2", 9, 20, 2, AM_STORE_REPLICA);
+    cr_assert_eq(call("counter", "e2", "add", NULL, 0).i, 3);
+    expect_version("counter/e2", 10, 21);
+    finish();
+}
+
+Test(runtime, fence_of_a_quiet_actor_frees_it_at_once)
+{
+    start();
+    cr_assert_eq(am_runtime_fence(g.rt, "counter/c1", 10, 100, 100), 0, "not active: 0");
+    cr_assert_eq(call("counter", "c1", "add", NULL, 0).i, 1); /* active at (1, 1) */
+    cr_assert_eq(am_runtime_fence(g.rt, "counter/c1", 10, 1, 1), -1, "the same version");
+    cr_assert_eq(am_runtime_fence(g.rt, "counter/c1", 10, 1, 0), -1, "an older seq");
+    cr_assert_eq(am_runtime_fence(g.rt, "counter/c1", 10, 0, 100), -1, "an older epoch");
+    cr_assert(is_active("counter/c1"));
+    cr_assert_eq(rt_stats().fenced, 0);
+    cr_assert_eq(am_runtime_fence(g.rt, "counter/c2", 10, 100, 100), 0, "another key");
+
+    cr_assert_eq(am_runtime_fence(g.rt, "counter/c1", 10, 1, 2), 1, "a newer seq");
+    cr_assert_not(is_active("counter/c1"), "a quiet fenced actor stays in memory");
+    struct am_runtime_stats st = rt_stats();
+    cr_assert_eq(st.fenced, 1);
+    cr_assert_eq(st.active, 0);
+    cr_assert_eq(st.deactivations, 1);
+    cr_assert_eq(am_runtime_fence(g.rt, "counter/c1", 10, 1, 2), 0, "gone: 0");
+
+    /* Back from the store at the next epoch; a newer epoch fences it even
+     * with a lower seq. */
+    cr_assert_eq(call("counter", "c1", "add", NULL, 0).i, 2);
+    expect_version("counter/c1", 2, 2);
+    cr_assert_eq(am_runtime_fence(g.rt, "counter/c1", 10, 2, 2), -1);
+    cr_assert_eq(am_runtime_fence(g.rt, "counter/c1", 10, 3, 0), 1);
+    cr_assert_not(is_active("counter/c1"));
+    cr_assert_eq(rt_stats().fenced, 2);
+    finish();
+}
+
+Test(runtime, a_fenced_actor_with_a_write_in_flight_refuses_and_leaves_after_it)
+{
+    locker_fork();
+    start();
+    cr_assert_eq(call("counter", "c1", "add", NULL, 0).i, 1);
+    uint64_t one = 1;
+    struct rep r = {0}, x = {0};
+    lock_writer();
+    add("c1", 1, &r);
+    run_until_fn(store_pending_is, &one, "the write to be submitted");
+    cr_assert_eq(am_runtime_fence(g.rt, "counter/c1", 10, 5, 0), 1);
+    cr_assert(is_active("counter/c1"), "freed with a write in flight");
+    cr_assert_eq(rt_stats().fenced, 1);
+    cr_assert_eq(am_runtime_fence(g.rt, "counter/c1", 10, 5, 0), 1, "already fenced: 1");
+    cr_assert_eq(rt_stats().fenced, 1, "fenced twice");
+    cr_assert_eq(submit("counter", "c1", "get", NULL, 0, &x), AM_EUNAVAIL);
+    cr_assert(strstr(g.err, "counter/c1 is moving") != NULL, "err '%s'", g.err);
+    cr_assert_eq(rt_stats().refused, 1);
+    run_for(20);
+    cr_assert(is_active("counter/c1"), "freed with a write in flight");
+    unlock_writer();
+    run_until(&r.calls, 1, "the reply of the write in flight");
+    cr_assert_eq(r.calls, 1);
+    run_for(10);
+    cr_assert_not(is_active("counter/c1"), "stayed in memory after its write completed");
+    cr_assert_eq(x.calls, 0, "the callback of a refused call ran");
+    cr_assert_eq(rt_stats().active, 0);
+    finish();
+}
+
+/* runtime.h: once fenced, "the messages that saw that state fail with
+ * AM_ST_UNAVAILABLE". A call handled before am_runtime_fence, whose state
+ * change is not yet committed, saw the older state: acknowledging it would
+ * acknowledge a change that the newer copy does not have, and that the next
+ * activation (from the newer copy) loses. The newer copies are stored as
+ * src/node/replica.c does: am_runtime_fence, then a replica write
+ * (AM_STORE_NEWER | AM_STORE_REPLICA) queued at once. */
+static void queue_newer_copy(struct put *p, const char *key, struct num *x)
+{
+    memset(p, 0, sizeof *p);
+    p->w.key = key;
+    p->w.key_len = strlen(key);
+    p->w.epoch = 5;
+    p->w.seq = 0;
+    p->w.state = x->b;
+    p->w.state_len = x->n;
+    p->w.flags = AM_STORE_NEWER | AM_STORE_REPLICA;
+    p->w.data = p;
+    cr_assert_eq(am_store_write(g.store, &p->w, on_put), 0);
+}
+
+Test(runtime, fence_fails_the_calls_that_wait_on_the_older_state)
+{
+    locker_fork();
+    start();
+    cr_assert_eq(call("counter", "c1", "add", NULL, 0).i, 1);
+    cr_assert_eq(call("counter", "c2", "add", NULL, 0).i, 1);
+    uint64_t one = 1;
+    struct rep r = {0}, q = {0};
+    struct put p1, p2;
+    struct num x = num(50);
+    lock_writer();
+    add("c1", 1, &r); /* its write in flight when fenced */
+    run_until_fn(store_pending_is, &one, "the write to be submitted");
+    add("c2", 1, &q); /* handled, not yet written when fenced */
+    cr_assert_eq(am_runtime_fence(g.rt, "counter/c1", 10, 5, 0), 1);
+    queue_newer_copy(&p1, "counter/c1", &x);
+    cr_assert_eq(am_runtime_fence(g.rt, "counter/c2", 10, 5, 0), 1);
+    queue_newer_copy(&p2, "counter/c2", &x);
+    unlock_writer();
+    run_until(&r.calls, 1, "c1's reply");
+    run_until(&q.calls, 1, "c2's reply");
+    run_until(&p2.calls, 1, "the newer copies stored");
+    run_for(10);
+    cr_assert_not(is_active("counter/c1"));
+    cr_assert_not(is_active("counter/c2"));
+    expect_version("counter/c1", 5, 0);
+    expect_version("counter/c2", 5, 0);
+    cr_assert(r.status == AM_ST_UNAVAILABLE && q.status == AM_ST_UNAVAILABLE,
+              "in flight when fenced: %s; not yet written when fenced: %s",
+              am_status_name(r.status), am_status_name(q.status));
+    /* The next activations start from the newer copies. */
+    cr_assert_eq(counter_value("c1"), 50);
+    cr_assert_eq(counter_value("c2"), 50);
+    finish();
+}
+
+static void local_stale_fences(const char *id, unsigned flags)
+{
+    char key[32];
+    snprintf(key, sizeof key, "counter/%s", id);
+    cr_assert_eq(call("counter", id, "add", NULL, 0).i, 1); /* active at epoch 1 */
+    uint64_t fenced = rt_stats().fenced, snaps = rt_stats().snapshots;
+    store_put_int(key, 1000, 1, 77, flags);
+    cr_assert(is_active(key));
+    struct rep r = {0};
+    add(id, 1, &r);
+    run_until(&r.calls, 1, "the reply");
+    expect_status(&r, AM_ST_UNAVAILABLE);
+    expect_text(&r, "has a newer state on another node");
+    cr_assert_eq(rt_stats().fenced, fenced + 1);
+    cr_assert_eq(rt_stats().snapshots, snaps, "a skipped write counted as a snapshot");
+    cr_assert_eq(rt_stats().write_errors, 0);
+    cr_assert_not(is_active(key), "a quiet fenced actor stayed in memory");
+    expect_version(key, 1000, 1);
+    cr_assert_eq(stored_int(key), 77, "the newer copy was overwritten");
+    /* Back from the newer copy. */
+    cr_assert_eq(call("counter", id, "add", NULL, 0).i, 78);
+    expect_version(key, 1001, 2);
+}
+
+Test(runtime, a_local_write_found_stale_fences_the_actor_and_keeps_the_newer_copy)
+{
+    start();
+    local_stale_fences("s1", 0);
+    local_stale_fences("s2", AM_STORE_REPLICA);
+    cr_assert_eq(rt_stats().fenced, 2);
+    finish();
+}
+
+/* The local store finds the write stale while the replicas accept it: the
+ * call still fails, once they have answered. */
+Test(runtime, a_local_stale_write_fails_its_call_whatever_the_replicas_say)
+{
+    start();
+    use_replicator(1);
+    struct rep r0 = {0}, r = {0};
+    add("c1", 1, &r0);
+    wait_local_commit(0);
+    answer_all(0, 0);
+    run_until(&r0.calls, 1, "the first reply");
+    store_put_int("counter/c1", 1000, 1, 77, AM_STORE_REPLICA);
+    add("c1", 1, &r);
+    wait_local_commit(1);
+    run_for(10);
+    cr_assert_eq(r.calls, 0, "answered before its replica");
+    cr_assert(is_active("counter/c1"));
+    answer_all(1, 0);
+    run_until(&r.calls, 1, "the reply");
+    expect_status(&r, AM_ST_UNAVAILABLE);
+    cr_assert_eq(rt_stats().fenced, 1);
+    cr_assert_not(is_active("counter/c1"));
+    expect_version("counter/c1", 1000, 1);
+    repl_finish();
+    finish();
+}
+
+Test(runtime, interval_mode_sends_replicas_each_flush_without_holding_replies)
+{
+    g.ro.sync_interval_ms = 20;
+    start();
+    use_replicator(2);
+    struct rep r1 = {0}, r2 = {0};
+    add("c1", 3, &r1);
+    expect_status(&r1, AM_ST_OK); /* before submit returned */
+    cr_assert_eq(r1.i, 3);
+    cr_assert_eq(g_repl.sends, 0, "sent before the interval");
+    wait_local_commit(0);
+    cr_assert_eq(g_repl.s[0].epoch, 1);
+    cr_assert_eq(g_repl.s[0].seq, 1);
+    expect_sent_is_stored(0);
+    cr_assert_eq(rt_stats().waiting, 0);
+
+    /* The first send still unanswered: the next change replies at once and
+     * is sent at the next flush. */
+    add("c1", 4, &r2);
+    expect_status(&r2, AM_ST_OK);
+    cr_assert_eq(r2.i, 7);
+    wait_local_commit(1);
+    cr_assert_eq(g_repl.s[1].seq, 2);
+    expect_sent_is_stored(1);
+    cr_assert_eq(stored_int("counter/c1"), 7);
+    run_for(60);
+    cr_assert_eq(g_repl.sends, 2, "an unchanged actor was sent again");
+    answer_all(0, 0);
+    answer_all(1, 0);
+    run_for(10);
+    struct am_runtime_stats st = rt_stats();
+    cr_assert_eq(st.snapshots, 2);
+    cr_assert_eq(st.waiting, 0);
+    cr_assert_eq(st.fenced, 0);
+    cr_assert_eq(st.ok, 2);
+
+    /* A stale replica fences it in this mode too. */
+    struct rep r3 = {0};
+    add("c1", 1, &r3);
+    expect_status(&r3, AM_ST_OK);
+    wait_local_commit(2);
+    answer(2, 0);
+    answer(2, 1);
+    cr_assert_eq(rt_stats().fenced, 1);
+    run_for(30);
+    cr_assert_not(is_active("counter/c1"));
+    repl_finish();
+    finish();
+}
+
+Test(runtime, shutdown_waits_for_the_replicas)
+{
+    start();
+    use_replicator(1);
+    struct rep r = {0};
+    add("c1", 1, &r);
+    wait_local_commit(0);
+    am_runtime_shutdown(g.rt, on_done, &g.done);
+    run_for(30);
+    cr_assert_eq(g.done, 0, "done ran before a replica answered");
+    cr_assert_eq(r.calls, 0);
+    answer(0, 0);
+    run_until(&g.done, 1, "shutdown's done");
+    expect_status(&r, AM_ST_OK);
+    am_runtime_free(g.rt);
+    g.rt = NULL;
+    for (int i = 0; i < g_repl.sends; i++)
+        free(g_repl.s[i].state);
+    finish();
+}
+
+Test(runtime, a_tombstone_is_sent_as_an_empty_state_with_its_version)
+{
+    start();
+    use_replicator(1);
+    struct text v = text("value");
+    struct rep p = {0}, d = {0};
+    submit_ok("kv", "k", "put", v.b, v.n, &p);
+    wait_local_commit(0);
+    cr_assert_eq(g_repl.s[0].len, v.n);
+    cr_assert_eq(memcmp(g_repl.s[0].state, v.b, v.n), 0);
+    answer(0, 0);
+    run_until(&p.calls, 1, "the put");
+    submit_ok("kv", "k", "del", NULL, 0, &d);
+    wait_local_commit(1);
+    cr_assert_eq(g_repl.s[1].len, 0, "a tombstone carries no state");
+    cr_assert_eq(g_repl.s[1].seq, 2);
+    expect_sent_is_stored(1);
+    cr_assert_eq(d.calls, 0);
+    answer(1, 0);
+    run_until(&d.calls, 1, "the del");
+    expect_status(&d, AM_ST_OK);
+    repl_finish();
+    finish();
 }

@@ -102,7 +102,8 @@ Test(config, refuses_bad_values_with_a_message_naming_the_option)
     expect_error(NARGS("--data"), ARGS("--data"), "needs a value");
     expect_error(NARGS("--frobnicate", "1"), ARGS("--frobnicate", "1"), "--frobnicate");
     expect_error(NARGS("stray"), ARGS("stray"), "stray");
-    expect_error(NARGS("--replicas", "2"), ARGS("--replicas", "2"), "not built yet");
+    expect_error(NARGS("--replicas", "0"), ARGS("--replicas", "0"), "--replicas");
+    expect_error(NARGS("--replicas", "8"), ARGS("--replicas", "8"), "from 1 to 7");
     expect_error(NARGS("--join", "127.0.0.1"), ARGS("--join", "127.0.0.1"), "--join");
     expect_error(NARGS("--profile", "moon"), ARGS("--profile", "moon"), "--profile");
     expect_error(NARGS("--bind", "0.0.0.0:7946"), ARGS("--bind", "0.0.0.0:7946"), "--advertise");

@@ -1,0 +1,280 @@
+/* replica.c - sending committed states to replicas and keeping theirs
+ * (see replica.h). */
+#include "replica.h"
+
+#include "config.h"
+
+#include "err.h"
+#include "log.h"
+#include "mem.h"
+#include "mp.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Undeliverable replicas are logged once per this many (the count is in
+ * status). */
+#define LOG_EVERY 1000
+
+size_t am_replica_targets(const struct am_ring *ring, int self_idx, uint64_t key_hash,
+                          unsigned copies, int *out)
+{
+    int list[AM_MAX_REPLICAS];
+    size_t want = copies > 1 ? copies - 1 : 0, k = 0;
+    if (!ring || want == 0 || am_ring_count(ring) == 0)
+        return 0;
+    if (want > AM_MAX_REPLICAS - 1)
+        want = AM_MAX_REPLICAS - 1;
+    list[0] = am_ring_owner(ring, key_hash);
+    size_t n = 1 + am_ring_successors(ring, key_hash, list + 1, want);
+    for (size_t i = 0; i < n && k < want; i++)
+        if (list[i] != self_idx)
+            out[k++] = list[i];
+    return k;
+}
+
+/* ---- sending ------------------------------------------------------------ */
+
+struct send {
+    struct am_replication *rp;
+    am_replica_done_fn done;
+    void *ctx;
+};
+
+/* A newer copy a replica answered with: kept here (as a replica record,
+ * only if newer than what is here), so the actor's next activation on this
+ * node starts from it. */
+struct keep {
+    struct am_store_write w;
+    uint8_t bytes[]; /* key, then state */
+};
+
+static void on_kept(struct am_store_write *w, int status)
+{
+    if (status)
+        am_log_warn("cannot keep the newer state of %.*s a replica sent: %s", (int)w->key_len,
+                    w->key, am_strerror(status));
+    am_free(w);
+}
+
+static void keep_newer(struct am_replication *rp, const char *key, size_t key_len,
+                       const uint8_t *body, size_t len)
+{
+    const uint8_t *p = body, *end = body + len, *state;
+    uint32_t n, state_len;
+    uint64_t epoch, seq;
+    if (am_mp_read_array(&p, end, &n) || n != 3 || am_mp_read_uint(&p, end, &epoch) ||
+        am_mp_read_uint(&p, end, &seq) || am_mp_read_bin(&p, end, &state, &state_len))
+        return; /* [epoch, seq] alone, or a peer of another version: nothing to keep */
+    struct keep *k = am_malloc(sizeof *k + key_len + state_len);
+    if (!k)
+        return;
+    memset(&k->w, 0, sizeof k->w);
+    memcpy(k->bytes, key, key_len);
+    if (state_len)
+        memcpy(k->bytes + key_len, state, state_len);
+    k->w.key = (const char *)k->bytes;
+    k->w.key_len = key_len;
+    k->w.epoch = epoch;
+    k->w.seq = seq;
+    k->w.state = k->bytes + key_len;
+    k->w.state_len = state_len;
+    k->w.flags = AM_STORE_NEWER | AM_STORE_REPLICA;
+    if (am_store_write(rp->store, &k->w, on_kept))
+        am_free(k);
+}
+
+static void on_replica_reply(void *ctx, uint64_t key_len, int status, const uint8_t *body,
+                             size_t len)
+{
+    (void)key_len;
+    struct send *s = ctx;
+    struct am_replication *rp = s->rp;
+    int stale = 0;
+    if (status == AM_ST_OK && len && body[0] != 0xc0) {
+        stale = 1;
+        rp->st.stale++;
+    } else if (status == AM_ST_OK) {
+        rp->st.acked++;
+    } else if (rp->st.unreplicated++ % LOG_EVERY == 0) {
+        const uint8_t *p = body;
+        const char *msg = "";
+        uint32_t mlen = 0;
+        if (len)
+            am_mp_read_str(&p, body + len, &msg, &mlen);
+        am_log_warn("a state could not be replicated (%llu so far): %s: %.*s",
+                    (unsigned long long)rp->st.unreplicated, am_status_name(status), (int)mlen,
+                    msg);
+    }
+    s->done(s->ctx, stale);
+    am_free(s);
+}
+
+/* The stale answer carries the newer copy; the key is needed to keep it,
+ * and the peer layer hands back only ctx: such answers go through here. */
+struct send_keyed {
+    struct send s;
+    size_t key_len;
+    char key[];
+};
+
+static void on_keyed_reply(void *ctx, uint64_t id, int status, const uint8_t *body, size_t len)
+{
+    struct send_keyed *k = ctx;
+    if (status == AM_ST_OK && len && body[0] != 0xc0)
+        keep_newer(k->s.rp, k->key, k->key_len, body, len);
+    on_replica_reply(&k->s, id, status, body, len);
+    /* on_replica_reply freed &k->s, which is k */
+}
+
+unsigned am_replication_send(void *arg, const char *key, size_t key_len, uint64_t epoch,
+                             uint64_t seq, const uint8_t *state, size_t len,
+                             am_replica_done_fn done, void *ctx)
+{
+    struct am_replication *rp = arg;
+    int targets[AM_MAX_REPLICAS];
+    if (!rp->ring || rp->copies < 2)
+        return 0;
+    size_t n = am_replica_targets(rp->ring, rp->self_idx, am_ring_key_of(key, key_len), rp->copies,
+                                  targets);
+    struct am_request r;
+    memset(&r, 0, sizeof r);
+    r.kind = AM_MSG_REPLICATE;
+    r.type = key;
+    r.type_len = (uint32_t)key_len;
+    r.epoch = epoch;
+    r.seq = seq;
+    r.payload = state;
+    r.payload_len = (uint32_t)len;
+    unsigned sent = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct am_peer *p = rp->ring_peers ? rp->ring_peers[targets[i]] : NULL;
+        struct send_keyed *k = am_malloc(sizeof *k + key_len);
+        char err[300];
+        rp->st.sent++;
+        if (!p || !k) {
+            am_free(k);
+            rp->st.unreplicated++;
+            continue;
+        }
+        k->s.rp = rp;
+        k->s.done = done;
+        k->s.ctx = ctx;
+        k->key_len = key_len;
+        memcpy(k->key, key, key_len);
+        if (am_peer_forward(p, &r, 0, 0, 0, on_keyed_reply, k, err, sizeof err)) {
+            if (rp->st.unreplicated++ % LOG_EVERY == 0)
+                am_log_warn("a state could not be replicated (%llu so far): %s",
+                            (unsigned long long)rp->st.unreplicated, err);
+            am_free(k);
+            continue;
+        }
+        sent++;
+    }
+    return sent;
+}
+
+/* ---- receiving ---------------------------------------------------------- */
+
+struct take {
+    struct am_store_write w;
+    struct am_replication *rp;
+    am_reply_fn cb;
+    void *ctx;
+    uint64_t id;
+    uint8_t bytes[]; /* key, state */
+};
+
+/* Answers a stale REPLICATE with the newest copy held here. */
+static void answer_newer(struct am_replication *rp, const char *key, size_t key_len,
+                         uint64_t epoch, uint64_t seq, am_reply_fn cb, void *ctx, uint64_t id)
+{
+    struct am_buf state, body;
+    am_buf_init(&state);
+    am_buf_init(&body);
+    uint64_t e = epoch, q = seq;
+    int rc = am_store_get(rp->store, key, key_len, &state, &e, &q);
+    msgpack_packer pk;
+    am_mp_packer_init(&pk, &body);
+    if (rc == 0 && (e > epoch || (e == epoch && q >= seq)))
+        rc = msgpack_pack_array(&pk, 3) || msgpack_pack_uint64(&pk, e) ||
+             msgpack_pack_uint64(&pk, q) || msgpack_pack_bin(&pk, state.len) ||
+             (state.len && msgpack_pack_bin_body(&pk, state.data, state.len));
+    else /* the newer version is in memory only, not yet committed */
+        rc = msgpack_pack_array(&pk, 2) || msgpack_pack_uint64(&pk, epoch) ||
+             msgpack_pack_uint64(&pk, seq);
+    if (rc == 0)
+        cb(ctx, id, AM_ST_OK, body.data, body.len);
+    else
+        cb(ctx, id, AM_ST_OVERLOADED, (const uint8_t *)"\xa0", 1);
+    am_buf_close(&state);
+    am_buf_close(&body);
+}
+
+static void on_stored(struct am_store_write *w, int status)
+{
+    struct take *t = (struct take *)w;
+    struct am_replication *rp = t->rp;
+    if (status == 0 && w->stale) {
+        rp->st.newer_here++;
+        answer_newer(rp, w->key, w->key_len, w->epoch, w->seq, t->cb, t->ctx, t->id);
+    } else if (status == 0) {
+        rp->st.stored++;
+        t->cb(t->ctx, t->id, AM_ST_OK, (const uint8_t *)"\xc0", 1);
+    } else {
+        char msg[200];
+        uint8_t body[210];
+        int n = snprintf(msg, sizeof msg, "cannot store the replica of %.*s: %s",
+                         (int)w->key_len, w->key, am_strerror(status));
+        size_t m = n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1;
+        body[0] = 0xd9;
+        body[1] = (uint8_t)m;
+        memcpy(body + 2, msg, m);
+        am_log_warn("%s", msg);
+        t->cb(t->ctx, t->id, AM_ST_STORAGE, body, m + 2);
+    }
+    am_free(t);
+}
+
+int am_replication_take(struct am_replication *rp, const char *peer, const struct am_request *r,
+                        am_reply_fn cb, void *ctx, char *err, size_t errlen)
+{
+    (void)peer;
+    const char *key = r->type;
+    size_t len = r->type_len;
+    rp->st.received++;
+    /* An actor active here with the same version or a newer one: the
+     * sender is behind it (a stale owner). An older one: this copy is
+     * behind, and leaves memory. */
+    if (am_runtime_fence(rp->rt, key, len, r->epoch, r->seq) < 0) {
+        rp->st.newer_here++;
+        answer_newer(rp, key, len, r->epoch, r->seq, cb, ctx, r->id);
+        return 0;
+    }
+    struct take *t = am_malloc(sizeof *t + len + r->payload_len);
+    if (!t)
+        return am_errf(err, errlen, AM_EOVERLOAD, "out of memory taking a replica; retry");
+    memset(t, 0, sizeof *t);
+    memcpy(t->bytes, key, len);
+    if (r->payload_len)
+        memcpy(t->bytes + len, r->payload, r->payload_len);
+    t->rp = rp;
+    t->cb = cb;
+    t->ctx = ctx;
+    t->id = r->id;
+    t->w.key = (const char *)t->bytes;
+    t->w.key_len = len;
+    t->w.epoch = r->epoch;
+    t->w.seq = r->seq;
+    t->w.state = t->bytes + len;
+    t->w.state_len = r->payload_len;
+    t->w.flags = AM_STORE_NEWER | AM_STORE_REPLICA;
+    int rc = am_store_write(rp->store, &t->w, on_stored);
+    if (rc) {
+        am_free(t);
+        return am_errf(err, errlen, rc == -ESHUTDOWN ? AM_ESHUTDOWN : AM_ESTORAGE,
+                       "cannot store the replica of %.*s: %s", (int)len, key, am_strerror(rc));
+    }
+    return 0;
+}
