@@ -3,8 +3,9 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 ADDR ?= 127.0.0.1:7946
 DATA ?= ./data
+PREFIX ?= /usr/local
 
-.PHONY: all build run test asan fuzz bench clean
+.PHONY: all build run test asan fuzz bench install clean
 
 all: build
 
@@ -44,5 +45,15 @@ bench: build
 	@scripts/deps.sh bench
 	AMESH=$(BUILD)/amesh bench/run
 
+# A release build of amesh (in its own build directory, so $(BUILD) keeps
+# its settings), its man page and its systemd unit under
+# $(DESTDIR)$(PREFIX): bin/, share/man/man1/, lib/systemd/system/.
+INSTALL_BUILD ?= build-release
+install:
+	@scripts/deps.sh build
+	cmake -S . -B $(INSTALL_BUILD) -DAMESH_TESTS=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build $(INSTALL_BUILD) -j $(JOBS)
+	DESTDIR="$(DESTDIR)" cmake --install $(INSTALL_BUILD) --prefix "$(PREFIX)"
+
 clean:
-	rm -rf $(BUILD) build-asan build-fuzz
+	rm -rf $(BUILD) build-asan build-fuzz build-release
