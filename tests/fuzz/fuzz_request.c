@@ -54,9 +54,9 @@ static void check_reencode(const struct am_request *r)
         rc = am_encode_sync(&out, r->id, r->payload, r->payload_len);
     else if (r->kind == AM_MSG_FORWARD)
         rc = am_encode_forward(&out, r->id, r, r->hops, r->ring_version);
-    else if (r->kind == AM_MSG_HANDOFF)
-        rc = am_encode_handoff(&out, r->id, r->type, r->type_len, r->epoch, r->seq, r->payload,
-                               r->payload_len);
+    else if (r->kind == AM_MSG_HANDOFF || r->kind == AM_MSG_REPLICATE)
+        rc = am_encode_snapshot(&out, r->kind, r->id, r->type, r->type_len, r->epoch, r->seq,
+                                r->payload, r->payload_len);
     else
         rc = am_encode_call(&out, r->kind, r->id, r->type, r->type_len, r->actor, r->actor_len,
                             r->action, r->action_len, r->payload, r->payload_len);
@@ -69,12 +69,12 @@ static void check_reencode(const struct am_request *r)
     CHECK(q.kind == r->kind && q.id == r->id);
     if (r->kind == AM_MSG_FORWARD)
         CHECK(q.fwd_kind == r->fwd_kind && q.hops == r->hops && q.ring_version == r->ring_version);
-    if (r->kind == AM_MSG_HANDOFF) {
+    if (r->kind == AM_MSG_HANDOFF || r->kind == AM_MSG_REPLICATE) {
         CHECK(same(q.type, q.type_len, r->type, r->type_len));
         CHECK(q.epoch == r->epoch && q.seq == r->seq && q.payload_len == r->payload_len);
         CHECK(r->payload_len == 0 || memcmp(q.payload, r->payload, r->payload_len) == 0);
     }
-    if (r->kind == AM_MSG_HANDOFF) {
+    if (r->kind == AM_MSG_HANDOFF || r->kind == AM_MSG_REPLICATE) {
         /* checked above */
     } else if (r->kind == AM_MSG_SYNC) {
         CHECK(q.payload_len == r->payload_len);
@@ -138,6 +138,7 @@ static void check_request(const uint8_t *body, size_t len)
         }
         break;
     case AM_MSG_HANDOFF:
+    case AM_MSG_REPLICATE:
         CHECK(inside(r.type, r.type_len, body, end));
         CHECK(r.type_len >= 1 && r.type_len <= AM_MAX_TYPE + 1 + AM_MAX_ID);
         CHECK(inside(r.payload, r.payload_len, body, end));

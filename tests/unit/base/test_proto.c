@@ -326,6 +326,25 @@ Test(proto, round_trips_a_handoff_and_refuses_a_str_for_its_state)
     CHECK_LEAKS();
 }
 
+Test(proto, round_trips_a_replicate_with_an_empty_state)
+{
+    struct am_buf out;
+    size_t len;
+    struct am_request r;
+    am_buf_init(&out);
+    cr_assert_eq(am_encode_snapshot(&out, AM_MSG_REPLICATE, 4, "kv/k", 4, 2, 9, NULL, 0), 0);
+    const uint8_t *body = one_frame(&out, &len);
+    cr_assert_eq(am_request_decode(&r, body, len), 0);
+    cr_assert_eq(r.kind, AM_MSG_REPLICATE);
+    cr_assert_eq(r.id, 4);
+    cr_assert(streq(r.type, r.type_len, "kv/k"));
+    cr_assert_eq(r.epoch, 2);
+    cr_assert_eq(r.seq, 9);
+    cr_assert_eq(r.payload_len, 0, "a tombstone travels as an empty bin");
+    am_buf_close(&out);
+    CHECK_LEAKS();
+}
+
 Test(proto, round_trips_a_reply)
 {
     static const uint8_t reply[] = {0x81, 0xa7, 'b', 'a',  'l',  'a',
@@ -1039,6 +1058,7 @@ static int check_request(const uint8_t *in, size_t n)
         }
         break;
     case AM_MSG_HANDOFF:
+    case AM_MSG_REPLICATE:
         INSIDE(r.type, r.type_len);
         INSIDE(r.payload, r.payload_len);
         cr_assert(r.type_len >= 1 && r.type_len <= AM_MAX_TYPE + 1 + AM_MAX_ID);
