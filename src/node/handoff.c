@@ -2,8 +2,7 @@
  * (see handoff.h). */
 #include "handoff.h"
 
-#include "config.h"
-#include "replica.h"
+#include "placement.h"
 
 #include "err.h"
 #include "log.h"
@@ -88,27 +87,9 @@ static int add_entry(struct leave *l, uint32_t off, int to, int kind)
 static int collect(void *arg, const char *key, size_t len)
 {
     struct leave *l = arg;
-    uint64_t h = am_ring_key_of(key, len);
-    int owned = am_ring_owner(l->ring, h) == l->self_idx;
-    int owns = l->next_self >= 0 && am_ring_owner(l->next, h) == l->next_self;
-    int add[AM_MAX_REPLICAS], kind = AM_MSG_REPLICATE;
-    size_t n = 0;
-    if (owned && !owns) {
-        add[n++] = am_ring_owner(l->next, h);
-        kind = AM_MSG_HANDOFF;
-    } else if (owns && l->env.copies > 1) {
-        int now[AM_MAX_REPLICAS], before[AM_MAX_REPLICAS];
-        size_t k = am_replica_targets(l->next, l->next_self, h, l->env.copies, now);
-        size_t b = owned ? am_replica_targets(l->ring, l->self_idx, h, l->env.copies, before) : 0;
-        for (size_t i = 0; i < k; i++) {
-            const char *name = am_ring_member(l->next, now[i]);
-            size_t j = 0;
-            while (j < b && strcmp(am_ring_member(l->ring, before[j]), name) != 0)
-                j++;
-            if (j == b)
-                add[n++] = now[i];
-        }
-    }
+    struct am_placement_send add[AM_PLACEMENT_MAX_COPIES];
+    size_t n = am_placement_plan(l->ring, l->self_idx, l->next, l->next_self,
+                                 am_ring_key_of(key, len), l->env.copies, add);
     if (n == 0)
         return 0;
     if (l->keys.len + len + 1 > UINT32_MAX)
@@ -118,7 +99,8 @@ static int collect(void *arg, const char *key, size_t len)
     if (am_buf_append(&l->keys, key, len) || am_buf_append(&l->keys, &nul, 1))
         return -ENOMEM;
     for (size_t i = 0; i < n; i++)
-        if (add_entry(l, off, add[i], kind))
+        if (add_entry(l, off, add[i].to,
+                      add[i].kind == AM_PLACE_HANDOFF ? AM_MSG_HANDOFF : AM_MSG_REPLICATE))
             return -ENOMEM;
     return 0;
 }

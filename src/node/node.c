@@ -25,6 +25,7 @@
 #include "mem.h"
 #include "mp.h"
 #include "peer.h"
+#include "placement.h"
 #include "proto.h"
 #include "registry.h"
 #include "replica.h"
@@ -41,6 +42,8 @@
 #include <unistd.h>
 
 #define AM_VERSION_STRING "0.1.0"
+
+_Static_assert(AM_MAX_REPLICAS == AM_PLACEMENT_MAX_COPIES, "--replicas is bounded by placement");
 
 struct node {
     uv_loop_t loop;

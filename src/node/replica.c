@@ -2,7 +2,7 @@
  * (see replica.h). */
 #include "replica.h"
 
-#include "config.h"
+#include "placement.h"
 
 #include "err.h"
 #include "log.h"
@@ -16,23 +16,6 @@
 /* Undeliverable replicas are logged once per this many (the count is in
  * status). */
 #define LOG_EVERY 1000
-
-size_t am_replica_targets(const struct am_ring *ring, int self_idx, uint64_t key_hash,
-                          unsigned copies, int *out)
-{
-    int list[AM_MAX_REPLICAS];
-    size_t want = copies > 1 ? copies - 1 : 0, k = 0;
-    if (!ring || want == 0 || am_ring_count(ring) == 0)
-        return 0;
-    if (want > AM_MAX_REPLICAS - 1)
-        want = AM_MAX_REPLICAS - 1;
-    list[0] = am_ring_owner(ring, key_hash);
-    size_t n = 1 + am_ring_successors(ring, key_hash, list + 1, want);
-    for (size_t i = 0; i < n && k < want; i++)
-        if (list[i] != self_idx)
-            out[k++] = list[i];
-    return k;
-}
 
 /* ---- sending ------------------------------------------------------------ */
 
@@ -133,10 +116,10 @@ unsigned am_replication_send(void *arg, const char *key, size_t key_len, uint64_
                              am_replica_done_fn done, void *ctx)
 {
     struct am_replication *rp = arg;
-    int targets[AM_MAX_REPLICAS];
+    int targets[AM_PLACEMENT_MAX_COPIES];
     if (!rp->ring || rp->copies < 2)
         return 0;
-    size_t n = am_replica_targets(rp->ring, rp->self_idx, am_ring_key_of(key, key_len), rp->copies,
+    size_t n = am_placement_targets(rp->ring, rp->self_idx, am_ring_key_of(key, key_len), rp->copies,
                                   targets);
     struct am_request r;
     memset(&r, 0, sizeof r);

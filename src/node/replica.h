@@ -64,14 +64,6 @@ struct am_replication {
     struct am_replica_stats st;
 };
 
-/* The members key is replicated to by ring, for a node that is not
- * necessarily its owner: the owner and the members after it, this node
- * (self_idx) left out, the first copies-1 of them (copies at most
- * AM_MAX_REPLICAS). Writes their indexes to out (room for copies-1) and
- * returns how many. */
-size_t am_replica_targets(const struct am_ring *ring, int self_idx, uint64_t key_hash,
-                          unsigned copies, int *out);
-
 /* The runtime's replicator (runtime.h): rp is its arg. */
 unsigned am_replication_send(void *rp, const char *key, size_t key_len, uint64_t epoch,
                              uint64_t seq, const uint8_t *state, size_t len,
