@@ -1,8 +1,18 @@
-/* config.c - node settings from flags and the environment (see config.h).
+/* config.c - node settings from flags, the environment and a file (see config.h).
  *
  * Each option is one row of a table: its flag, what it sets, how it parses.
- * The environment is read first, then the flags overwrite, which gives the
- * documented precedence with one code path. */
+ * The file is read first, then the environment, then the flags, each
+ * overwriting the one before, which gives the documented precedence with one
+ * code path (set()) and one set of messages.
+ *
+ * The file is INI, parsed by libinih (Debian's libinih-dev): every key of its
+ * [node] section is a flag without the leading dashes. inih is driven through
+ * ini_parse_stream with a reader that counts lines, because Debian builds it
+ * without INI_HANDLER_LINENO (the handler is not told the line) and with a
+ * 200-byte line buffer whose overflow it silently cuts off: the reader knows
+ * the line of every key it hands out, and refuses a longer line instead.
+ * It also drops indentation, so an indented key is a key, never the
+ * continuation of the value above (inih's multi-line values). */
 #include "config.h"
 
 #include "addr.h"
@@ -10,12 +20,15 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <ini.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum kind { K_STR, K_ADDR, K_SIZE, K_UINT, K_SYNC, K_LEVEL, K_LIB, K_JOIN, K_PROFILE };
+enum kind {
+    K_STR, K_ADDR, K_SIZE, K_UINT, K_SYNC, K_LEVEL, K_FORMAT, K_LIB, K_JOIN, K_PROFILE, K_CONFIG
+};
 
 struct option_row {
     const char *flag; /* without the leading "--" */
@@ -29,12 +42,14 @@ struct option_row {
 #define F(field) offsetof(struct am_config, field), sizeof(((struct am_config *)0)->field)
 
 static const struct option_row rows[] = {
+    {"config", K_CONFIG, F(config), 0, "FILE      read options from an INI file: keys without the dashes in\n                               its [node] section; AMESH_ variables and flags win"},
     {"name", K_STR, F(name), 0, "NAME      unique node name (default: the advertise address)"},
     {"bind", K_ADDR, F(bind), 0, "HOST:PORT TCP and UDP address: clients, peers, gossip (127.0.0.1:7946)"},
     {"advertise", K_ADDR, F(advertise), 0, "HOST:PORT address peers use (default: --bind)"},
     {"data", K_STR, F(data), 0, "DIR       data directory (./data)"},
     {"sync", K_SYNC, F(sync_interval_ms), 0, "MODE      durable | interval:MS (durable)"},
     {"log-level", K_LEVEL, F(log_level), 0, "LEVEL     error | warn | info | debug (info)"},
+    {"log-format", K_FORMAT, F(log_format), 0, "FORMAT    text | json: one JSON object per line (text)"},
     {"join", K_JOIN, 0, 0, 0, "HOST:PORT join the cluster through this member (repeatable;\n                               AMESH_JOIN takes a comma-separated list)"},
     {"profile", K_PROFILE, F(profile), 0, "NAME      membership timings: lan | local | wan (lan)"},
     {"key-file", K_STR, F(key_file), 0, "FILE      cluster key (amesh keygen): authenticate and encrypt\n                               every packet and connection"},
@@ -110,6 +125,7 @@ static int set(struct am_config *c, const struct option_row *r, const char *v, c
     switch (r->kind) {
     case K_ADDR:
     case K_STR:
+    case K_CONFIG:
         if (r->kind == K_ADDR && am_addr_parse(v, 0, &sa)) {
             snprintf(err, errlen, "%s: '%s' is not HOST:PORT with an IPv4 host", from, v);
             return -EINVAL;
@@ -142,6 +158,14 @@ static int set(struct am_config *c, const struct option_row *r, const char *v, c
             return -EINVAL;
         }
         c->log_level = lvl;
+        return 0;
+    case K_FORMAT:
+        lvl = am_log_parse_format(v);
+        if (lvl < 0) {
+            snprintf(err, errlen, "%s: '%s' is neither text nor json", from, v);
+            return -EINVAL;
+        }
+        c->log_format = lvl;
         return 0;
     case K_PROFILE:
         if (strcmp(v, "lan") && strcmp(v, "local") && strcmp(v, "wan")) {
@@ -199,6 +223,233 @@ static void env_name(const char *flag, char *out, size_t len)
     out[n + i] = '\0';
 }
 
+static const struct option_row *find_row(const char *name, size_t len)
+{
+    for (size_t k = 0; k < NROWS; k++)
+        if (strlen(rows[k].flag) == len && strncmp(rows[k].flag, name, len) == 0)
+            return &rows[k];
+    return NULL;
+}
+
+/* The option a misspelt key most likely means: leading dashes dropped,
+ * lower-cased, '_' as '-' ("--Max_Payload" -> max-payload); NULL if none. */
+static const struct option_row *near_row(const char *name)
+{
+    char norm[64];
+    size_t n = 0;
+    while (*name == '-')
+        name++;
+    for (; *name && n + 1 < sizeof norm; name++)
+        norm[n++] = *name == '_' ? '-' : (char)tolower((unsigned char)*name);
+    norm[n] = '\0';
+    return find_row(norm, n);
+}
+
+/* ---- the configuration file ------------------------------------------------ */
+
+#define SECTION "node"
+
+struct file_ctx {
+    struct am_config *c;
+    FILE *f;
+    const char *path;
+    int line;          /* of the line last handed to inih */
+    int section_line;  /* of the last line that opens a section */
+    int set_on[NROWS]; /* the line each non-repeatable key was set on */
+    int err_line;      /* of the first error found here (0: none); err holds it */
+    int read_errno;
+    char *err;
+    size_t errlen;
+};
+
+/* inih's fgets: counts lines, notes where sections open, and stops at the
+ * first error (inih itself would go on) or at a line too long for inih's
+ * buffer, which it would otherwise cut silently. */
+static char *read_line(char *str, int num, void *stream)
+{
+    struct file_ctx *x = stream;
+    if (x->err_line)
+        return NULL;
+    errno = 0;
+    if (!fgets(str, num, x->f)) {
+        if (ferror(x->f))
+            x->read_errno = errno ? errno : EIO;
+        return NULL;
+    }
+    x->line++;
+    size_t len = strlen(str);
+    if (len == 0 || str[len - 1] != '\n') {
+        int ch = getc(x->f);
+        if (ch == EOF && ferror(x->f)) {
+            x->read_errno = errno ? errno : EIO;
+            return NULL;
+        }
+        if (ch != EOF) { /* neither the end of the line nor of the file */
+            if (len + 1 < (size_t)num)
+                snprintf(x->err, x->errlen, "%s:%d: a NUL byte in the line", x->path, x->line);
+            else
+                snprintf(x->err, x->errlen,
+                         "%s:%d: line longer than %d characters; give this value as a flag "
+                         "or an AMESH_ variable",
+                         x->path, x->line, num - 2);
+            x->err_line = x->line;
+            return NULL;
+        }
+    }
+    /* Indentation is dropped: inih would take an indented line for the
+     * continuation of the value above it; here every value is one line. */
+    size_t lead = strspn(str, " \t\v\f");
+    memmove(str, str + lead, len - lead + 1);
+    if (str[x->line == 1 && strncmp(str, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0] == '[')
+        x->section_line = x->line; /* (after the byte-order mark inih skips) */
+    return str;
+}
+
+static int fail_at(struct file_ctx *x, int line)
+{
+    x->err_line = line;
+    return 0;
+}
+
+/* inih's handler: one key = value of the file. */
+static int on_key(void *user, const char *section, const char *name, const char *value)
+{
+    struct file_ctx *x = user;
+    if (x->err_line)
+        return 0;
+    if (strcmp(section, SECTION) != 0) {
+        if (*section == '\0') {
+            snprintf(x->err, x->errlen, "%s:%d: '%s' is outside a section; put it under [%s]",
+                     x->path, x->line, name, SECTION);
+            return fail_at(x, x->line);
+        }
+        int line = x->section_line ? x->section_line : x->line;
+        snprintf(x->err, x->errlen, "%s:%d: unknown section [%s] (amesh reads [%s] only)", x->path,
+                 line, section, SECTION);
+        return fail_at(x, line);
+    }
+    const struct option_row *r = find_row(name, strlen(name));
+    if (!r) {
+        const struct option_row *near = near_row(name);
+        if (*name == '\0')
+            snprintf(x->err, x->errlen, "%s:%d: a value without a key", x->path, x->line);
+        else if (near && near->kind != K_CONFIG)
+            snprintf(x->err, x->errlen, "%s:%d: unknown key '%s' (did you mean '%s'?)", x->path,
+                     x->line, name, near->flag);
+        else
+            snprintf(x->err, x->errlen, "%s:%d: unknown key '%s' (see amesh node --help)",
+                     x->path, x->line, name);
+        return fail_at(x, x->line);
+    }
+    size_t k = (size_t)(r - rows);
+    if (r->kind == K_CONFIG) {
+        snprintf(x->err, x->errlen,
+                 "%s:%d: 'config' cannot be set in a configuration file (give --config or "
+                 "AMESH_CONFIG)",
+                 x->path, x->line);
+        return fail_at(x, x->line);
+    }
+    if (r->kind != K_JOIN && r->kind != K_LIB && x->set_on[k]) {
+        snprintf(x->err, x->errlen, "%s:%d: '%s' is already set on line %d", x->path, x->line,
+                 name, x->set_on[k]);
+        return fail_at(x, x->line);
+    }
+    struct am_config *c = x->c;
+    /* A value in double quotes ("a b") stands for what is between them. */
+    char unq[1100];
+    size_t vlen = strlen(value);
+    if (vlen >= 2 && value[0] == '"' && value[vlen - 1] == '"') {
+        if (vlen - 2 >= sizeof unq) {
+            snprintf(x->err, x->errlen, "%s:%d: %s: value too long", x->path, x->line, name);
+            return fail_at(x, x->line);
+        }
+        memcpy(unq, value + 1, vlen - 2);
+        unq[vlen - 2] = '\0';
+        value = unq;
+    }
+    if (r->kind == K_LIB && c->nactor_libs < AM_MAX_ACTOR_LIBS) {
+        /* inih's value lives for this call only: keep a copy. */
+        char *copy = c->lib_paths[c->nactor_libs];
+        if (strlen(value) >= sizeof c->lib_paths[0]) {
+            snprintf(x->err, x->errlen, "%s:%d: %s: at most %zu characters", x->path, x->line,
+                     name, sizeof c->lib_paths[0] - 1);
+            return fail_at(x, x->line);
+        }
+        memcpy(copy, value, strlen(value) + 1);
+        value = copy;
+    }
+    char from[1100];
+    snprintf(from, sizeof from, "%s:%d: %s", x->path, x->line, name);
+    if (set(c, r, value, from, x->err, x->errlen))
+        return fail_at(x, x->line);
+    x->set_on[k] = x->line;
+    return 1;
+}
+
+static int read_file(struct am_config *c, const char *path, char *err, size_t errlen)
+{
+    struct file_ctx x = {.c = c, .path = path, .err = err, .errlen = errlen};
+    x.f = fopen(path, "r");
+    if (!x.f) {
+        snprintf(err, errlen, "cannot read the configuration file '%s': %s", path,
+                 strerror(errno));
+        return -EINVAL;
+    }
+    int rc = ini_parse_stream(read_line, &x, on_key, &x);
+    fclose(x.f);
+    if (x.read_errno) {
+        snprintf(err, errlen, "cannot read the configuration file '%s': %s", path,
+                 strerror(x.read_errno));
+        return -EINVAL;
+    }
+    /* inih reports the first line it could not parse, which may come before
+     * the first key refused here. */
+    if (rc > 0 && (!x.err_line || rc < x.err_line)) {
+        snprintf(err, errlen, "%s:%d: expected 'key = value', a [section] or a comment", path, rc);
+        return -EINVAL;
+    }
+    if (x.err_line)
+        return -EINVAL;
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot read the configuration file '%s': out of memory", path);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* ---- flags ------------------------------------------------------------------ */
+
+/* The option argv[*i] names, and its value (*i moves past it); NULL with a
+ * message in err for a stray argument, an unknown flag or a missing value. */
+static const struct option_row *flag_at(int argc, char **argv, int *i, const char **value,
+                                        char *err, size_t errlen)
+{
+    const char *a = argv[*i];
+    if (strncmp(a, "--", 2) != 0) {
+        snprintf(err, errlen, "unexpected argument '%s'", a);
+        return NULL;
+    }
+    const char *eq = strchr(a + 2, '=');
+    size_t flen = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+    const struct option_row *r = find_row(a + 2, flen);
+    if (!r) {
+        snprintf(err, errlen, "unknown option '%.*s' (see amesh node --help)", (int)flen + 2, a);
+        return NULL;
+    }
+    const char *v = eq ? eq + 1 : (*i + 1 < argc ? argv[++*i] : NULL);
+    if (!v) {
+        snprintf(err, errlen, "--%s needs a value", r->flag);
+        return NULL;
+    }
+    *value = v;
+    return r;
+}
+
+static int is_help(const char *a)
+{
+    return strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0;
+}
+
 int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_t errlen)
 {
     _Static_assert(sizeof(size_t) == sizeof(uint64_t), "sizes are 64-bit");
@@ -206,6 +457,7 @@ int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_
     snprintf(c->bind, sizeof c->bind, "127.0.0.1:7946");
     snprintf(c->data, sizeof c->data, "./data");
     c->log_level = AM_LOG_INFO;
+    c->log_format = AM_LOG_TEXT;
     snprintf(c->profile, sizeof c->profile, "lan");
     c->max_payload = 2u << 20;
     c->max_state = 4u << 20;
@@ -217,46 +469,63 @@ int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_
     c->forward_timeout_ms = 5000;
     c->replicas = 2;
 
-    for (size_t i = 0; i < NROWS; i++) {
-        char name[64];
-        env_name(rows[i].flag, name, sizeof name);
-        const char *v = getenv(name);
-        if (v && set(c, &rows[i], v, name, err, errlen))
-            return -EINVAL;
-    }
-    int libs_from_env = c->nactor_libs, joins_from_env = c->njoins;
+    /* The flags' shape first, --help, and which file to read. */
+    const struct option_row *config_row = find_row("config", 6);
+    const char *path = NULL, *path_from = "AMESH_CONFIG";
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+        const char *v;
+        if (is_help(argv[i])) {
             am_config_usage();
             return 1;
         }
-        if (strncmp(a, "--", 2) != 0) {
-            snprintf(err, errlen, "unexpected argument '%s'", a);
+        const struct option_row *r = flag_at(argc, argv, &i, &v, err, errlen);
+        if (!r)
             return -EINVAL;
+        if (r == config_row) {
+            path = v;
+            path_from = "--config";
         }
-        const char *eq = strchr(a + 2, '=');
-        size_t flen = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
-        const struct option_row *r = NULL;
-        for (size_t k = 0; k < NROWS; k++)
-            if (strlen(rows[k].flag) == flen && strncmp(rows[k].flag, a + 2, flen) == 0)
-                r = &rows[k];
-        if (!r) {
-            snprintf(err, errlen, "unknown option '%.*s' (see amesh node --help)", (int)flen + 2, a);
+    }
+    if (!path)
+        path = getenv("AMESH_CONFIG");
+    if (path) {
+        if (set(c, config_row, path, path_from, err, errlen) || read_file(c, path, err, errlen))
             return -EINVAL;
-        }
-        const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
-        if (!v) {
-            snprintf(err, errlen, "--%s needs a value", r->flag);
-            return -EINVAL;
-        }
-        if (r->kind == K_LIB && libs_from_env) {
-            c->nactor_libs = 0; /* flags replace the environment's list */
-            libs_from_env = 0;
-        }
-        if (r->kind == K_JOIN && joins_from_env) {
+    }
+
+    /* The environment over the file; a list replaces the file's. */
+    for (size_t i = 0; i < NROWS; i++) {
+        if (rows[i].kind == K_CONFIG)
+            continue;
+        char name[64];
+        env_name(rows[i].flag, name, sizeof name);
+        const char *v = getenv(name);
+        if (!v)
+            continue;
+        if (rows[i].kind == K_LIB)
+            c->nactor_libs = 0;
+        if (rows[i].kind == K_JOIN)
             c->njoins = 0;
-            joins_from_env = 0;
+        if (set(c, &rows[i], v, name, err, errlen))
+            return -EINVAL;
+    }
+
+    /* The flags over both; the first --join or --actors replaces the list. */
+    int libs_before = c->nactor_libs, joins_before = c->njoins;
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        const struct option_row *r = flag_at(argc, argv, &i, &v, err, errlen);
+        if (!r)
+            return -EINVAL;
+        if (r->kind == K_CONFIG)
+            continue;
+        if (r->kind == K_LIB && libs_before) {
+            c->nactor_libs = 0;
+            libs_before = 0;
+        }
+        if (r->kind == K_JOIN && joins_before) {
+            c->njoins = 0;
+            joins_before = 0;
         }
         char from[80];
         snprintf(from, sizeof from, "--%s", r->flag);

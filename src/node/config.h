@@ -1,8 +1,12 @@
-/* config.h - the settings of one node, from flags and AMESH_* variables.
+/* config.h - the settings of one node, from flags, AMESH_* variables and an
+ * INI file.
  *
  * Precedence: a flag beats the environment variable of the same name
- * (--max-payload -> AMESH_MAX_PAYLOAD), which beats the default. Every limit
- * of principle 3 of the design is here, with its default. */
+ * (--max-payload -> AMESH_MAX_PAYLOAD), which beats the configuration file
+ * (--config FILE, else AMESH_CONFIG; key max-payload in its [node] section),
+ * which beats the default. For the repeatable --join and --actors, the list
+ * of the highest source that gives one replaces the lists of those below.
+ * Every limit of principle 3 of the design is here, with its default. */
 #ifndef AM_CONFIG_H
 #define AM_CONFIG_H
 
@@ -21,11 +25,14 @@ struct am_config {
     char data[1024];         /* ./data */
     uint64_t sync_interval_ms; /* 0: durable (the default); else interval:MS */
     int log_level;           /* enum am_log_level */
+    int log_format;          /* enum am_log_format: text (the default) | json */
+    char config[1024];       /* the configuration file read; empty: none */
     char joins[AM_MAX_SEEDS][64]; /* --join seeds, HOST:PORT */
     int njoins;
     char profile[8];         /* lan | local | wan (lan) */
     char key_file[1024];     /* cluster key; empty: none */
-    const char *actor_libs[AM_MAX_ACTOR_LIBS];
+    const char *actor_libs[AM_MAX_ACTOR_LIBS]; /* into argv, the environment or lib_paths */
+    char lib_paths[AM_MAX_ACTOR_LIBS][256]; /* the --actors read from the file */
     int nactor_libs;
     size_t max_payload;      /* 2 MiB */
     size_t max_state;        /* 4 MiB */
@@ -38,9 +45,13 @@ struct am_config {
     unsigned replicas;       /* 2: copies of each state, the owner's included */
 };
 
-/* Fills c from argv (argv[0] is "node") and the environment. Returns 0, 1
- * when --help was printed, or -EINVAL with a message in err. Strings in c
- * may point into argv or the environment. */
+/* Fills c from argv (argv[0] is "node"), the environment and the
+ * configuration file they name. Returns 0, 1 when --help was printed, or
+ * -EINVAL with a message in err (a file's errors name it and the line:
+ * "amesh.conf:7: unknown key 'max_payload' (did you mean 'max-payload'?)").
+ * Strings in c may point into argv, the environment or c itself, so c must
+ * not be copied. Does not apply the log settings (am_log_setup,
+ * am_log_set_format do). */
 int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_t errlen);
 
 /* Parses "durable" or "interval:MS" (1 <= MS <= 3,600,000). */

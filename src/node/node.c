@@ -1202,6 +1202,7 @@ int am_cmd_node(int argc, char **argv)
         return AM_EXIT_USAGE;
     }
     am_log_setup((enum am_log_level)n.cfg.log_level, n.cfg.name);
+    am_log_set_format((enum am_log_format)n.cfg.log_format);
     signal(SIGPIPE, SIG_IGN);
     uv_loop_init(&n.loop);
     n.started_ms = uv_now(&n.loop);
