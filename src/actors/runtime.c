@@ -412,7 +412,7 @@ static void free_if_fenced(struct am_runtime *rt, struct actor *act)
  * answered as failed and the actor leaves memory; its next message
  * activates it from the newest copy (once handed here) or goes to its
  * owner. */
-static void fence(struct am_runtime *rt, struct actor *act, struct snap_write *sw)
+static void fence(struct am_runtime *rt, struct actor *act, struct snap_write *sw, int quiet)
 {
     char why[200];
     snprintf(why, sizeof why,
@@ -420,7 +420,8 @@ static void fence(struct am_runtime *rt, struct actor *act, struct snap_write *s
              act->key);
     if (!act->fenced) {
         rt->st.fenced++;
-        am_log_warn("%s", why);
+        if (!quiet)
+            am_log_warn("%s", why);
     }
     act->fenced = 1;
     struct mq failed = {NULL, NULL};
@@ -448,7 +449,7 @@ static void write_finish(struct am_runtime *rt, struct snap_write *sw)
     if (status == 0 && (sw->stale || act->fenced)) {
         /* Fenced meanwhile: what this write's callers saw is not the
          * newest state either. */
-        fence(rt, act, sw);
+        fence(rt, act, sw, 0);
     } else if (status == 0 && (sw->seq > act->poison_seq || !durable)) {
         rt->st.snapshots++;
         blob_unref(rt, act->committed);
@@ -943,9 +944,25 @@ int am_runtime_fence(struct am_runtime *rt, const char *key, size_t len, uint64_
         return -1;
     /* The replies held for the next write and those of the writes in
      * flight (as they complete) fail: they saw the older state. */
-    fence(rt, a, NULL);
+    fence(rt, a, NULL, 0);
     free_if_fenced(rt, a);
     return 1;
+}
+
+size_t am_runtime_fence_all(struct am_runtime *rt)
+{
+    size_t n = 0;
+    struct actor *a = rt->lru_tail;
+    while (a) {
+        struct actor *prev = a->lru_prev;
+        if (!a->fenced) {
+            fence(rt, a, NULL, 1);
+            n++;
+        }
+        free_if_fenced(rt, a);
+        a = prev;
+    }
+    return n;
 }
 
 int am_runtime_is_active(const struct am_runtime *rt, const char *key, size_t len)

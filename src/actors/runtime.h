@@ -114,6 +114,11 @@ void am_runtime_set_replicator(struct am_runtime *rt, const struct am_replicator
 int am_runtime_fence(struct am_runtime *rt, const char *key, size_t len, uint64_t epoch,
                      uint64_t seq);
 
+/* Fences every active actor (as am_runtime_fence with a newer version):
+ * this node may have been declared dead and its actors served elsewhere
+ * meanwhile. Returns how many were fenced. */
+size_t am_runtime_fence_all(struct am_runtime *rt);
+
 /* 1 when the actor of key ("type/id") is active here, else 0. */
 int am_runtime_is_active(const struct am_runtime *rt, const char *key, size_t len);
 

@@ -196,6 +196,9 @@ struct am_swim {
 
     int leaving;
     uint64_t leave_at;
+    /* Death rumours about this node at an incarnation below this one were
+     * counted already (st.declared_dead); 0 until the first one. */
+    uint64_t dead_floor;
 
     struct am_buf out;
     struct act *acts;
@@ -1061,9 +1064,25 @@ static void on_suspect(struct am_swim *s, const struct am_swim_str *name, uint64
     member_event(s, AM_SWIM_EV_UPDATED, i);
 }
 
+/* Others declared this node dead (it was paused, or cut off): counted, so
+ * the node can tell that its actors were placed elsewhere meanwhile. */
+static void note_declared_dead(struct am_swim *s, const struct am_swim_str *name, uint64_t inc)
+{
+    struct member *me = self(s);
+    /* Whatever its incarnation (a suspicion may have made this node refute
+     * before the death rumour reached it), once per incarnation declared
+     * dead. */
+    if (s->leaving || inc < s->dead_floor || !str_eq(me->name, me->name_len, name))
+        return;
+    s->dead_floor = inc + 1;
+    s->st.declared_dead++;
+}
+
 static void on_dead(struct am_swim *s, const struct am_swim_str *name, uint64_t inc,
                     const char *accuser, int left, uint64_t now)
 {
+    if (!left)
+        note_declared_dead(s, name, inc);
     uint32_t i = accused(s, name, inc);
     if (i == NONE)
         return;
@@ -1704,8 +1723,10 @@ int am_swim_on_stream(struct am_swim *s, const char *from_addr, const uint8_t *p
         case AM_MEMBER_ALIVE:
             on_alive(s, &pm.name, &pm.addr, pm.incarnation, now);
             break;
-        case AM_MEMBER_SUSPECT:
         case AM_MEMBER_DEAD:
+            note_declared_dead(s, &pm.name, pm.incarnation);
+            /* fall through */
+        case AM_MEMBER_SUSPECT:
             /* memberlist's mergeState: a remote death is only a suspicion
              * here (accused by us), so a live member gets its chance to
              * refute; this is what merges two views after a partition. */

@@ -59,6 +59,9 @@ struct am_handoff_env {
     /* Where a taken handoff is passed on (the new owner keeps R copies
      * before it answers); send NULL: nowhere. */
     struct am_replicator repl;
+    /* When set and *abort becomes non-zero, a move sends nothing more: it
+     * finishes once the snapshots in flight are answered (a stopping node). */
+    const int *abort;
 };
 
 struct am_handoff_stats {
@@ -96,7 +99,8 @@ int am_handoff_previous_owner(const struct am_ring *ring, const struct am_ring *
  * (peer is leaving), or this node owns it, or this node waits for peer's
  * handoff (waiting: this node joined) and peer owned the actor before this
  * node was in the ring (its owner by without_self); stored when newer than
- * every copy here (an active older copy is fenced).
+ * every copy here (an active older copy is fenced; an active copy as new
+ * or newer makes the handoff moot: answered at once, counted `current`).
  * cb(ctx, r->id, status, body, len) runs once it is on disk (or failed).
  * Returns 0, or a negative code with err set (cb never runs). */
 int am_handoff_take(const struct am_handoff_env *env, const struct am_ring *ring,

@@ -72,6 +72,12 @@ struct node {
      * calls held meanwhile. */
     struct am_ring *base;
     int moving, seen_others;
+    int abort_moves;              /* set when stopping: a move in progress sends no more */
+    uint64_t declared_dead_seen;  /* times others declared this node dead, handled */
+    /* A loop that did not run for stall_ms (the process was paused) may
+     * have been declared dead meanwhile: checked by a 250 ms timer. */
+    uv_timer_t stall_timer;
+    uint64_t stall_last, stall_ms, stalls;
     struct waiting *waiting;
     size_t nwaiting;
     struct am_ring *wo_self;
@@ -364,6 +370,7 @@ struct held {
 };
 
 static struct am_handoff_env handoff_env(struct node *n);
+static struct am_handoff_env move_env(struct node *n);
 
 static int is_waiting(const struct node *n, const char *name)
 {
@@ -477,6 +484,30 @@ static void on_hold_timer(uv_timer_t *h)
  * from them, and hands nothing off itself from its time alone (it was not
  * the cluster; its data directory may hold old copies). A node started
  * without --join (the first of a cluster) hands off what moved as usual. */
+/* Waits for the HANDOFF_DONE of every other member of the ring, holding
+ * the calls for the actors each of them owned without this node. */
+static void start_waiting(struct node *n, const char *why)
+{
+    size_t count = am_ring_count(n->ring);
+    struct waiting *w = am_calloc(count ? count : 1, sizeof *w);
+    if (!w)
+        return;
+    am_free(n->waiting);
+    n->waiting = w;
+    n->nwaiting = 0;
+    uint64_t until = uv_now(&n->loop) + HOLD_MS(n);
+    for (size_t i = 0; i < count; i++) {
+        if ((int)i == n->self_idx)
+            continue;
+        snprintf(n->waiting[n->nwaiting].name, sizeof n->waiting[n->nwaiting].name, "%s",
+                 am_ring_member(n->ring, (int)i));
+        n->waiting[n->nwaiting++].until = until;
+    }
+    am_log_info("%s: holding calls for the actors %zu members hand over, at most %llu ms", why,
+                n->nwaiting, (unsigned long long)HOLD_MS(n));
+    uv_timer_start(&n->hold_timer, on_hold_timer, 100, 100);
+}
+
 static void ring_joined(struct node *n)
 {
     n->seen_others = 1;
@@ -488,21 +519,42 @@ static void ring_joined(struct node *n)
      * has nothing for it: told so once gossip has had a moment to tell the
      * others about this node (they refuse its peer stream until then). */
     send_done(n, NULL, n->ring, JOIN_DONE_DELAY_MS);
-    size_t count = am_ring_count(n->ring);
-    n->waiting = am_calloc(count, sizeof *n->waiting);
-    if (!n->waiting)
+    start_waiting(n, "joined");
+}
+
+/* The other members declared this node dead: it was paused or cut off
+ * long enough, and they placed its actors elsewhere and served them
+ * meanwhile. What it has in memory may be older than that: it drops every
+ * active actor and, like a node that joins, holds the calls for the actors
+ * it owns until the members that served them have handed them back
+ * (HANDOFF_DONE, once their rings have it again), or the bound. */
+static void maybe_replaced(struct node *n, const char *why)
+{
+    if (n->stopping || !n->ring || n->self_idx < 0 || am_ring_count(n->ring) < 2)
         return;
-    uint64_t until = uv_now(&n->loop) + HOLD_MS(n);
-    for (size_t i = 0; i < count; i++) {
-        if ((int)i == n->self_idx)
-            continue;
-        snprintf(n->waiting[n->nwaiting].name, sizeof n->waiting[n->nwaiting].name, "%s",
-                 am_ring_member(n->ring, (int)i));
-        n->waiting[n->nwaiting++].until = until;
-    }
-    am_log_info("joined: holding calls for the actors %zu members hand over, at most %llu ms",
-                n->nwaiting, (unsigned long long)HOLD_MS(n));
-    uv_timer_start(&n->hold_timer, on_hold_timer, 100, 100);
+    size_t dropped = am_runtime_fence_all(n->rt);
+    am_log_warn("%s: the other members may have served this node's actors meanwhile; it "
+                "dropped its %zu active actors from memory",
+                why, dropped);
+    start_waiting(n, "back from a pause");
+    waiting_prune(n);
+}
+
+#define STALL_CHECK_MS 250
+
+static void on_stall_timer(uv_timer_t *h)
+{
+    struct node *n = h->data;
+    uint64_t now = uv_hrtime() / 1000000;
+    uint64_t gap = now - n->stall_last;
+    n->stall_last = now;
+    if (gap < n->stall_ms)
+        return;
+    char why[120];
+    n->stalls++;
+    snprintf(why, sizeof why, "this node did not run for %llu ms (paused?)",
+             (unsigned long long)gap);
+    maybe_replaced(n, why);
 }
 
 /* route(): 1 when the call was held (its actor's previous owner has not
@@ -663,7 +715,8 @@ static void on_moved(void *arg)
 {
     struct move *m = arg;
     struct node *n = m->n;
-    send_done(n, n->base, m->to, 0);
+    if (!n->abort_moves)
+        send_done(n, n->base, m->to, 0);
     am_ring_free(n->base);
     n->base = m->to;
     am_free(m);
@@ -694,7 +747,7 @@ static void maybe_move(struct node *n)
     m->n = n;
     m->to = to;
     n->moving = 1;
-    struct am_handoff_env env = handoff_env(n);
+    struct am_handoff_env env = move_env(n);
     int rc = am_handoff_move(&env, n->base, to, &n->handoff, on_moved, m);
     if (rc) {
         am_log_error("cannot hand off the actors that moved: %s", am_strerror(rc));
@@ -842,6 +895,15 @@ static struct am_handoff_env handoff_env(struct node *n)
     return env;
 }
 
+/* The environment of a move (members joined or went): it stops sending
+ * when the node stops. */
+static struct am_handoff_env move_env(struct node *n)
+{
+    struct am_handoff_env env = handoff_env(n);
+    env.abort = &n->abort_moves;
+    return env;
+}
+
 /* HANDOFF from a leaving or former owner (handoff.h), REPLICATE from an
  * owner (replica.h). */
 static int take_handoff(void *arg, const char *peer, const struct am_request *r, am_reply_fn cb,
@@ -887,6 +949,7 @@ static void placement_close(struct node *n)
         uv_close((uv_handle_t *)&n->release_timer, NULL);
         uv_close((uv_handle_t *)&n->hold_timer, NULL);
         uv_close((uv_handle_t *)&n->done_timer, NULL);
+        uv_close((uv_handle_t *)&n->stall_timer, NULL);
         n->ring_timer_open = 0;
     }
     while (n->dones)
@@ -988,6 +1051,7 @@ static void stop(struct node *n, const char *why)
         return;
     }
     n->stopping = 1;
+    n->abort_moves = 1;
     am_log_info("%s: stopping (no new requests); finishing what is in flight", why);
     am_server_stop_accepting(n->srv);
     stop_holding(n);
@@ -1004,6 +1068,14 @@ static void stop(struct node *n, const char *why)
 static void on_member_event(void *arg, const struct am_swim_action *ev)
 {
     struct node *n = arg;
+    if (n->gossip) {
+        struct am_swim_stats ws;
+        am_swim_get_stats(am_gossip_core(n->gossip), &ws);
+        if (ws.declared_dead > n->declared_dead_seen) {
+            n->declared_dead_seen = ws.declared_dead;
+            maybe_replaced(n, "the other members declared this node dead");
+        }
+    }
     if (n->peers && ev->event != AM_SWIM_EV_CONFLICT && strcmp(ev->name, n->cfg.name) != 0 &&
         (ev->event == AM_SWIM_EV_REAPED || ev->state == AM_MEMBER_DEAD ||
          ev->state == AM_MEMBER_LEFT))
@@ -1134,7 +1206,17 @@ static int start(struct node *n, char *err, size_t errlen)
     uv_timer_init(&n->loop, &n->release_timer);
     uv_timer_init(&n->loop, &n->hold_timer);
     uv_timer_init(&n->loop, &n->done_timer);
+    uv_timer_init(&n->loop, &n->stall_timer);
     n->ring_timer.data = n->release_timer.data = n->hold_timer.data = n->done_timer.data = n;
+    n->stall_timer.data = n;
+    /* Two probe intervals without running: others may have suspected this
+     * node and, a suspicion timeout later, declared it dead. */
+    struct am_swim_config sc;
+    memset(&sc, 0, sizeof sc);
+    am_swim_profile(&sc, c->profile);
+    n->stall_ms = 2 * (sc.probe_interval_ms ? sc.probe_interval_ms : 1000);
+    n->stall_last = uv_hrtime() / 1000000;
+    uv_timer_start(&n->stall_timer, on_stall_timer, STALL_CHECK_MS, STALL_CHECK_MS);
     n->held_tail = &n->held;
     n->ring_timer_open = 1;
     ring_rebuild(n); /* this node alone until the view grows */
