@@ -73,6 +73,13 @@ struct node {
     struct am_ring *base;
     int moving, seen_others;
     int abort_moves;              /* set when stopping: a move in progress sends no more */
+    /* While a node joins (or comes back from a pause), a member that shows
+     * up in its ring before window_until is waited for too (it was a member
+     * gossip had not told this node about yet), unless it said DONE already
+     * (finished). */
+    uint64_t window_until;
+    struct waiting *finished;
+    size_t nfinished, finished_cap;
     uint64_t declared_dead_seen;  /* times others declared this node dead, handled */
     /* A loop that did not run for stall_ms (the process was paused) may
      * have been declared dead meanwhile: checked by a 250 ms timer. */
@@ -350,6 +357,12 @@ static void on_release_timer(uv_timer_t *h)
 #define HOLD_MS(n) ((uint64_t)(n)->cfg.forward_timeout_ms * 3 / 4)
 /* Calls held at once, at most; beyond, `unavailable` (retry). */
 #define HOLD_MAX 65536
+/* A member that has not handed over after this long is no longer waited
+ * for: its former actors start from what this node holds (logged, counted
+ * in hold_expired). Until then a call held longer than HOLD_MS fails with
+ * `unavailable` (retry): it is not served from a copy that may be older than
+ * the one the member still has. */
+#define WAIT_MAX_MS(n) (4 * HOLD_MS(n))
 /* A joining node's HANDOFF_DONE to the members it met goes out this long
  * after it met them (see ring_joined). */
 #define JOIN_DONE_DELAY_MS 1000
@@ -363,6 +376,7 @@ struct waiting {
  * the request, and whom to answer. */
 struct held {
     struct held *next;
+    uint64_t since;
     am_reply_fn cb;
     void *ctx;
     struct am_request r;
@@ -414,9 +428,32 @@ static void release_held(struct node *n)
     }
 }
 
+/* Remembers that name said HANDOFF_DONE now (in finished, with the time
+ * in until); entries older than HOLD_MS are dropped first. */
+static void note_finished(struct node *n, const char *name)
+{
+    uint64_t now = uv_now(&n->loop);
+    size_t kept = 0;
+    for (size_t i = 0; i < n->nfinished; i++)
+        if (n->finished[i].until + HOLD_MS(n) >= now)
+            n->finished[kept++] = n->finished[i];
+    n->nfinished = kept;
+    if (n->nfinished == n->finished_cap) {
+        size_t cap = n->finished_cap ? 2 * n->finished_cap : 16;
+        struct waiting *f = am_realloc(n->finished, cap * sizeof *f);
+        if (!f)
+            return;
+        n->finished = f;
+        n->finished_cap = cap;
+    }
+    snprintf(n->finished[n->nfinished].name, sizeof n->finished[n->nfinished].name, "%s", name);
+    n->finished[n->nfinished++].until = now;
+}
+
 static void waiting_remove(struct node *n, size_t i, const char *why)
 {
     am_log_info("no longer waiting for %s's handoff: %s", n->waiting[i].name, why);
+    note_finished(n, n->waiting[i].name);
     n->waiting[i] = n->waiting[--n->nwaiting];
     if (n->nwaiting == 0) {
         am_ring_free(n->wo_self);
@@ -427,10 +464,42 @@ static void waiting_remove(struct node *n, size_t i, const char *why)
 
 /* Drops the members that left the ring from waiting, rebuilds the ring
  * without this node for the others, and runs the held calls again. */
+/* 1 when name said HANDOFF_DONE within the last HOLD_MS. */
+static int has_finished(const struct node *n, const char *name)
+{
+    uint64_t now = uv_now((uv_loop_t *)&n->loop);
+    for (size_t i = 0; i < n->nfinished; i++)
+        if (n->finished[i].until + HOLD_MS(n) >= now && strcmp(n->finished[i].name, name) == 0)
+            return 1;
+    return 0;
+}
+
+/* Within the window, members new to the ring are waited for too. */
+static void waiting_extend(struct node *n)
+{
+    uint64_t now = uv_now(&n->loop);
+    size_t count = n->ring ? am_ring_count(n->ring) : 0;
+    if (now >= n->window_until || n->nwaiting == 0)
+        return;
+    struct waiting *w = am_realloc(n->waiting, (n->nwaiting + count + 1) * sizeof *w);
+    if (!w)
+        return;
+    n->waiting = w;
+    for (size_t i = 0; i < count; i++) {
+        const char *name = am_ring_member(n->ring, (int)i);
+        if ((int)i == n->self_idx || is_waiting(n, name) || has_finished(n, name))
+            continue;
+        snprintf(w[n->nwaiting].name, sizeof w[n->nwaiting].name, "%s", name);
+        w[n->nwaiting++].until = now + WAIT_MAX_MS(n);
+        am_log_info("waiting for %s's handoff too (it joined this node's view late)", name);
+    }
+}
+
 static void waiting_prune(struct node *n)
 {
     if (n->nwaiting == 0)
         return;
+    waiting_extend(n);
     for (size_t i = 0; i < n->nwaiting;) {
         if (am_ring_find(n->ring, n->waiting[i].name) < 0)
             waiting_remove(n, i, "it is no longer a member");
@@ -459,6 +528,37 @@ static void waiting_prune(struct node *n)
     release_held(n);
 }
 
+/* Fails the held calls that waited HOLD_MS: a caller gets `unavailable`
+ * rather than a reply from a copy that may be old. */
+static void fail_old_held(struct node *n, uint64_t now)
+{
+    struct held **pp = &n->held;
+    while (*pp) {
+        struct held *h = *pp;
+        if (now - h->since < HOLD_MS(n)) {
+            pp = &h->next;
+            continue;
+        }
+        *pp = h->next;
+        n->nheld--;
+        char msg[200];
+        uint8_t body[210];
+        int len = snprintf(msg, sizeof msg,
+                           "%s waits for the previous owner of %.*s/%.*s to hand it over; retry",
+                           n->cfg.name, (int)h->r.type_len, h->r.type, (int)h->r.actor_len,
+                           h->r.actor);
+        size_t m = len < 0 ? 0 : (size_t)len < sizeof msg ? (size_t)len : sizeof msg - 1;
+        body[0] = 0xd9;
+        body[1] = (uint8_t)m;
+        memcpy(body + 2, msg, m);
+        h->cb(h->ctx, h->r.id, AM_ST_UNAVAILABLE, body, m + 2);
+        am_free(h);
+    }
+    n->held_tail = &n->held;
+    while (*n->held_tail)
+        n->held_tail = &(*n->held_tail)->next;
+}
+
 static void on_hold_timer(uv_timer_t *h)
 {
     struct node *n = h->data;
@@ -469,7 +569,7 @@ static void on_hold_timer(uv_timer_t *h)
             n->hold_expired++;
             am_log_warn("%s did not finish its handoff in %llu ms; its former actors start "
                         "from what is here",
-                        n->waiting[i].name, (unsigned long long)HOLD_MS(n));
+                        n->waiting[i].name, (unsigned long long)WAIT_MAX_MS(n));
             waiting_remove(n, i, "timed out");
         } else {
             i++;
@@ -477,6 +577,7 @@ static void on_hold_timer(uv_timer_t *h)
     }
     if (n->nwaiting != before)
         release_held(n);
+    fail_old_held(n, now);
 }
 
 /* The first ring with other members: a node started with --join waits for
@@ -495,16 +596,22 @@ static void start_waiting(struct node *n, const char *why)
     am_free(n->waiting);
     n->waiting = w;
     n->nwaiting = 0;
-    uint64_t until = uv_now(&n->loop) + HOLD_MS(n);
+    uint64_t now = uv_now(&n->loop), until = now + WAIT_MAX_MS(n);
+    n->window_until = now + HOLD_MS(n);
+    /* A HANDOFF_DONE can arrive just before this node sees the ring it
+     * answers (the sender built it first): one from the last HOLD_MS
+     * counts (note_finished keeps no older one). */
     for (size_t i = 0; i < count; i++) {
-        if ((int)i == n->self_idx)
+        if ((int)i == n->self_idx || has_finished(n, am_ring_member(n->ring, (int)i)))
             continue;
         snprintf(n->waiting[n->nwaiting].name, sizeof n->waiting[n->nwaiting].name, "%s",
                  am_ring_member(n->ring, (int)i));
         n->waiting[n->nwaiting++].until = until;
     }
-    am_log_info("%s: holding calls for the actors %zu members hand over, at most %llu ms", why,
-                n->nwaiting, (unsigned long long)HOLD_MS(n));
+    am_log_info("%s: holding calls for the actors %zu members hand over (a call at most %llu "
+                "ms, a member at most %llu ms)",
+                why, n->nwaiting, (unsigned long long)HOLD_MS(n),
+                (unsigned long long)WAIT_MAX_MS(n));
     uv_timer_start(&n->hold_timer, on_hold_timer, 100, 100);
 }
 
@@ -578,6 +685,7 @@ static int maybe_hold(struct node *n, const struct am_request *r, am_reply_fn cb
     if (!h)
         return am_errf(err, errlen, AM_EOVERLOAD, "out of memory holding a call; retry");
     h->next = NULL;
+    h->since = uv_now(&n->loop);
     h->cb = cb;
     h->ctx = ctx;
     h->r = *r;
@@ -774,6 +882,8 @@ static void on_handoff_done(void *arg, const char *peer)
             return;
         }
     }
+    /* Not waited for (yet): kept, in case this node is about to wait. */
+    note_finished(n, peer);
 }
 
 /* RING: {"version", "vnodes", "members": [{"name", "share"}...]}. */
@@ -963,6 +1073,8 @@ static void placement_close(struct node *n)
     am_ring_free(n->wo_self);
     am_ring_free(n->ring);
     am_free(n->waiting);
+    am_free(n->finished);
+    n->finished = NULL;
     am_free(n->ring_peers);
     n->repl.ring = NULL;
     n->repl.ring_peers = NULL;
