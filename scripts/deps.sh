@@ -6,7 +6,7 @@ set -eu
 
 level=${1:-build}
 
-build="build-essential cmake pkg-config libuv1-dev libmsgpack-dev libxxhash-dev liblmdb-dev libjansson-dev libsodium-dev libinih-dev"
+build="build-essential cmake pkg-config libuv1-dev libmsgpack-dev libxxhash-dev liblmdb-dev libjansson-dev libsodium-dev libinih-dev libhttp-parser-dev"
 test="libcriterion-dev clang libclang-rt-14-dev iproute2 nftables groff-base man-db systemd"
 bench="redis-server redis-tools gnuplot-nox serf jq"
 

@@ -1724,9 +1724,9 @@ int am_swim_on_stream(struct am_swim *s, const char *from_addr, const uint8_t *p
             on_alive(s, &pm.name, &pm.addr, pm.incarnation, now);
             break;
         case AM_MEMBER_DEAD:
-            note_declared_dead(s, &pm.name, pm.incarnation);
-            /* fall through */
         case AM_MEMBER_SUSPECT:
+            if (pm.state == AM_MEMBER_DEAD)
+                note_declared_dead(s, &pm.name, pm.incarnation);
             /* memberlist's mergeState: a remote death is only a suspicion
              * here (accused by us), so a live member gets its chance to
              * refute; this is what merges two views after a partition. */

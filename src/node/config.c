@@ -27,7 +27,8 @@
 #include <string.h>
 
 enum kind {
-    K_STR, K_ADDR, K_SIZE, K_UINT, K_SYNC, K_LEVEL, K_FORMAT, K_LIB, K_JOIN, K_PROFILE, K_CONFIG
+    K_STR, K_ADDR, K_SIZE, K_UINT, K_SYNC, K_LEVEL, K_FORMAT, K_LIB, K_JOIN, K_PROFILE, K_CONFIG,
+    K_HTTP_AUTH
 };
 
 struct option_row {
@@ -63,6 +64,10 @@ static const struct option_row rows[] = {
     {"max-inflight", K_UINT, F(max_inflight), 1u << 20, "N         calls in flight per connection (4096)"},
     {"replicas", K_UINT, F(replicas), AM_MAX_REPLICAS, "N         copies of each actor's state, on distinct nodes (2)"},
     {"forward-timeout", K_UINT, F(forward_timeout_ms), 3600000, "MS        a call forwarded to its owner fails (retryable)\n                               without a reply after (5000)"},
+    {"http", K_ADDR, F(http), 0, "HOST:PORT serve the HTTP API here (default: off)"},
+    {"http-token-file", K_STR, F(http_token_file), 0, "FILE      the HTTP API's bearer token (default: derived from the\n                               cluster key; none without a key)"},
+    {"http-auth", K_HTTP_AUTH, F(http_auth_all), 0, "WHAT      what needs the token: api (/v1/*, the default) | all\n                               (/metrics too); /health/* stays open"},
+    {"http-timeout", K_UINT, F(http_timeout_ms), 3600000, "MS        close an HTTP connection without a request for (10000)"},
 };
 
 #define NROWS (sizeof rows / sizeof rows[0])
@@ -166,6 +171,13 @@ static int set(struct am_config *c, const struct option_row *r, const char *v, c
             return -EINVAL;
         }
         c->log_format = lvl;
+        return 0;
+    case K_HTTP_AUTH:
+        if (strcmp(v, "api") && strcmp(v, "all")) {
+            snprintf(err, errlen, "%s: '%s' is neither api nor all", from, v);
+            return -EINVAL;
+        }
+        c->http_auth_all = strcmp(v, "all") == 0;
         return 0;
     case K_PROFILE:
         if (strcmp(v, "lan") && strcmp(v, "local") && strcmp(v, "wan")) {
@@ -468,6 +480,7 @@ int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_
     c->max_inflight = 4096;
     c->forward_timeout_ms = 5000;
     c->replicas = 2;
+    c->http_timeout_ms = 10000;
 
     /* The flags' shape first, --help, and which file to read. */
     const struct option_row *config_row = find_row("config", 6);

@@ -43,6 +43,10 @@ struct am_config {
     unsigned max_inflight;   /* 4,096 per connection */
     unsigned forward_timeout_ms; /* 5,000: reply deadline of a call forwarded to its owner */
     unsigned replicas;       /* 2: copies of each state, the owner's included */
+    char http[64];           /* the HTTP API's HOST:PORT; empty: off (the default) */
+    char http_token_file[1024]; /* the HTTP API's bearer token; empty: derived from the key */
+    int http_auth_all;       /* --http-auth: 0 api (the default), 1 all (/metrics too) */
+    unsigned http_timeout_ms; /* 10,000: an HTTP connection without a request is closed */
 };
 
 /* Fills c from argv (argv[0] is "node"), the environment and the

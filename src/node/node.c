@@ -21,6 +21,7 @@
 #include "err.h"
 #include "gossip.h"
 #include "handoff.h"
+#include "http.h"
 #include "log.h"
 #include "mem.h"
 #include "mp.h"
@@ -52,6 +53,7 @@ struct node {
     struct am_store *store;
     struct am_runtime *rt;
     struct am_server *srv;
+    struct am_http *http; /* the HTTP API (--http), or NULL */
     struct am_gossip *gossip;
     /* The placement ring of the current view (alive and suspect members),
      * rebuilt RING_DELAY_MS after a change, so a burst of member events
@@ -1108,6 +1110,8 @@ static void on_peers_closed(void *arg)
     am_runtime_set_replicator(n->rt, NULL);
     n->repl.ring_peers = NULL;
     am_log_info("closing connections");
+    am_http_close(n->http, NULL, NULL);
+    n->http = NULL;
     am_server_close(n->srv, on_server_closed, n);
     n->srv = NULL;
 }
@@ -1166,6 +1170,7 @@ static void stop(struct node *n, const char *why)
     n->abort_moves = 1;
     am_log_info("%s: stopping (no new requests); finishing what is in flight", why);
     am_server_stop_accepting(n->srv);
+    am_http_stop_accepting(n->http);
     stop_holding(n);
     am_runtime_shutdown(n->rt, on_runtime_drained, n);
 }
@@ -1205,6 +1210,7 @@ static void on_member_event(void *arg, const struct am_swim_action *ev)
     n->stopping = 1;
     n->refused = 1;
     am_server_stop_accepting(n->srv);
+    am_http_stop_accepting(n->http);
     stop_holding(n);
     am_runtime_shutdown(n->rt, on_runtime_drained, n);
 }
@@ -1224,6 +1230,40 @@ static void on_leave_request(void *arg)
  * at most this much; past it calls to it are refused (overloaded, retry). */
 #define PEER_MAX_PENDING 16384
 #define PEER_MAX_OUT (16u << 20)
+
+/* GET /health/ready of the HTTP API: this node serves its actors. */
+static int http_ready(void *arg, char *why, size_t len)
+{
+    struct node *n = arg;
+    const char *no = n->stopping                   ? "the node is stopping"
+                     : !n->ring || n->self_idx < 0 ? "this node is not on its ring yet"
+                     : n->cfg.njoins && am_ring_count(n->ring) < 2
+                         ? "not joined: no other member is alive in this node's view"
+                     : n->nwaiting ? "waiting for the handoff of the actors it takes over"
+                                   : NULL;
+    if (no)
+        snprintf(why, len, "%s", no);
+    return !no;
+}
+
+/* The HTTP API (http.h): the maps of STATUS, MEMBERS and RING, and calls
+ * through route() and the runtime, as the client server has them. */
+static int http_start(struct node *n, char *err, size_t errlen)
+{
+    struct sockaddr_in addr;
+    struct am_http_opts o = {
+        .max_body = n->cfg.max_payload,
+        .max_connections = n->cfg.max_connections,
+        .max_pipeline = n->cfg.max_inflight,
+        .timeout_ms = n->cfg.http_timeout_ms,
+        .key = n->keyed ? n->key : NULL,
+        .token_file = n->cfg.http_token_file,
+        .auth_all = n->cfg.http_auth_all,
+    };
+    struct am_http_hooks h = {pack_status, pack_members, pack_ring, route, http_ready, n};
+    am_addr_parse(n->cfg.http, 0, &addr);
+    return am_http_start(&n->http, &n->loop, &addr, n->rt, &o, &h, err, errlen);
+}
 
 static int start(struct node *n, char *err, size_t errlen)
 {
@@ -1355,6 +1395,8 @@ static int start(struct node *n, char *err, size_t errlen)
         .arg = n,
     };
     rc = am_server_start(&n->srv, &n->loop, &bind, n->rt, &vo, &hooks, err, errlen);
+    if (rc == 0 && c->http[0])
+        rc = http_start(n, err, errlen);
     if (rc)
         return rc;
     uv_signal_init(&n->loop, &n->sigterm);
@@ -1369,6 +1411,7 @@ static int start(struct node *n, char *err, size_t errlen)
  * reverse order and the loop runs its close callbacks. */
 static void abort_start(struct node *n)
 {
+    am_http_close(n->http, NULL, NULL);
     if (n->srv)
         am_server_close(n->srv, NULL, NULL);
     if (n->peers)

@@ -8,10 +8,10 @@
 
 static struct am_ring *ring_of(size_t n)
 {
-    static char names[16][8];
+    static char names[16][24];
     const char *p[16];
     for (size_t i = 0; i < n; i++) {
-        snprintf(names[i], sizeof names[i], "n%zu", i);
+        snprintf(names[i], sizeof names[i], "n%u", (unsigned)i);
         p[i] = names[i];
     }
     struct am_ring *r = NULL;
@@ -79,11 +79,11 @@ Test(placement, a_node_alone_or_an_empty_ring_has_no_targets)
 /* A ring of the members of r but one. */
 static struct am_ring *ring_without(size_t n, size_t skip)
 {
-    static char names[16][8];
+    static char names[16][24];
     const char *p[16];
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        snprintf(names[i], sizeof names[i], "n%zu", i);
+        snprintf(names[i], sizeof names[i], "n%u", (unsigned)i);
         if (i != skip)
             p[k++] = names[i];
     }
