@@ -171,6 +171,10 @@ static const struct row rows[] = {
     {"handoff", "refused", "handoff_refused_total", COUNTER, 0, "HANDOFFs refused."},
     {"handoff", "current", "handoff_current_total", COUNTER, 0,
      "HANDOFFs of a version this node held already."},
+    {"handoff", "pauses", "pauses_total", COUNTER, 0,
+     "Times this node's loop did not run for two probe intervals."},
+    {"handoff", "declared_dead", "declared_dead_total", COUNTER, 0,
+     "Times this node learned the others had declared it dead."},
 
     {"replication", "replicas", "replication_replicas", GAUGE, 0, "The --replicas setting."},
     {"replication", "sent", "replication_sent_total", COUNTER, 0, "States sent to replicas."},

@@ -220,7 +220,7 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "bad_frames", ps.bad_frames) ||
            pack_kv_u64(pk, "bytes_in", ps.bytes_in) || pack_kv_u64(pk, "bytes_out", ps.bytes_out) ||
            pack_kv_u64(pk, "timeout_ms", n->cfg.forward_timeout_ms) ||
-           am_mp_pack_str(pk, "handoff", 7) || msgpack_pack_map(pk, 9) ||
+           am_mp_pack_str(pk, "handoff", 7) || msgpack_pack_map(pk, 11) ||
            pack_kv_u64(pk, "waiting", n->nwaiting) || pack_kv_u64(pk, "held", n->nheld) ||
            pack_kv_u64(pk, "held_total", n->held_total) ||
            pack_kv_u64(pk, "hold_expired", n->hold_expired) ||
@@ -229,6 +229,8 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "received", n->handoff.received) ||
            pack_kv_u64(pk, "refused", n->handoff.refused) ||
            pack_kv_u64(pk, "current", n->handoff.current) ||
+           pack_kv_u64(pk, "pauses", n->stalls) ||
+           pack_kv_u64(pk, "declared_dead", n->declared_dead_seen) ||
            am_mp_pack_str(pk, "replication", 11) ||
            msgpack_pack_map(pk, 9) || pack_kv_u64(pk, "replicas", n->cfg.replicas) ||
            pack_kv_u64(pk, "sent", n->repl.st.sent) || pack_kv_u64(pk, "acked", n->repl.st.acked) ||
