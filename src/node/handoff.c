@@ -3,6 +3,7 @@
 #include "handoff.h"
 
 #include "placement.h"
+#include "replica.h"
 
 #include "err.h"
 #include "log.h"
@@ -186,6 +187,9 @@ static void on_reply(void *ctx, uint64_t idx, int status, const uint8_t *body, s
     }
     if (status == AM_ST_OK && l->offs[idx].kind == AM_MSG_REPLICATE) {
         l->st->repaired++;
+        /* The new replica holds a newer copy than this owner: keep it. */
+        if (len && body[0] != 0xc0)
+            am_replication_keep_newer(l->env.store, key, strlen(key), body, len);
     } else if (status == AM_ST_OK) {
         l->st->sent++;
         l->sent++;

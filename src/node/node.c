@@ -960,6 +960,13 @@ static int route_call(struct node *n, const struct am_request *r, am_reply_fn cb
         n->forwards_in++;
         n->ring_mismatches += r->ring_version != version;
     }
+    /* A node started with --join that has not met the cluster yet does
+     * not know who owns what: it would serve actors from its own, maybe
+     * old, copies while their owners serve them too. */
+    if (n->cfg.njoins && !n->seen_others)
+        return am_errf(err, errlen, AM_EUNAVAIL,
+                       "%s is joining the cluster and has not met another member yet; retry",
+                       n->cfg.name);
     /* Alone (or with no ring yet) this node runs everything: no hashing. */
     if (!n->ring || am_ring_count(n->ring) == 0 ||
         (am_ring_count(n->ring) == 1 && n->self_idx == 0))

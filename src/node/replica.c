@@ -41,8 +41,8 @@ static void on_kept(struct am_store_write *w, int status)
     am_free(w);
 }
 
-static void keep_newer(struct am_replication *rp, const char *key, size_t key_len,
-                       const uint8_t *body, size_t len)
+void am_replication_keep_newer(struct am_store *store, const char *key, size_t key_len,
+                                const uint8_t *body, size_t len)
 {
     const uint8_t *p = body, *end = body + len, *state;
     uint32_t n, state_len;
@@ -64,7 +64,7 @@ static void keep_newer(struct am_replication *rp, const char *key, size_t key_le
     k->w.state = k->bytes + key_len;
     k->w.state_len = state_len;
     k->w.flags = AM_STORE_NEWER | AM_STORE_REPLICA;
-    if (am_store_write(rp->store, &k->w, on_kept))
+    if (am_store_write(store, &k->w, on_kept))
         am_free(k);
 }
 
@@ -106,7 +106,7 @@ static void on_keyed_reply(void *ctx, uint64_t id, int status, const uint8_t *bo
 {
     struct send_keyed *k = ctx;
     if (status == AM_ST_OK && len && body[0] != 0xc0)
-        keep_newer(k->s.rp, k->key, k->key_len, body, len);
+        am_replication_keep_newer(k->s.rp->store, k->key, k->key_len, body, len);
     on_replica_reply(&k->s, id, status, body, len);
     /* on_replica_reply freed &k->s, which is k */
 }

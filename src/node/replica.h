@@ -64,6 +64,13 @@ struct am_replication {
     struct am_replica_stats st;
 };
 
+/* A replica answered a REPLICATE with its newer copy, body [epoch, seq,
+ * state]: stores it here as a replica record if newer than what is here
+ * (so the actor's next activation on this node starts from it). A body of
+ * another shape is ignored. */
+void am_replication_keep_newer(struct am_store *store, const char *key, size_t key_len,
+                               const uint8_t *body, size_t len);
+
 /* The runtime's replicator (runtime.h): rp is its arg. */
 unsigned am_replication_send(void *rp, const char *key, size_t key_len, uint64_t epoch,
                              uint64_t seq, const uint8_t *state, size_t len,

@@ -136,13 +136,17 @@
  *
  * The random runs found acknowledged adds lost with at most one departure at
  * a time; each way has a deterministic reproduction below (30 nodes):
- *  F1 a former replica restarts (older copy, same epoch) while the owner's
- *     crash is not yet detected: it becomes the owner, nobody hands it the
- *     newest copy (the replica never owned the key; the stale answer to its
- *     repair REPLICATE is dropped), it activates from its own copy at epoch
- *     + 1 and that write replaces the replica's newer history;
- *  F2 a node started with --join runs calls alone (ring of itself) until its
- *     view grows: an add acknowledged with no replica, from an old copy;
+ *  F1 (fixed: the repair keeps the newer copy of a stale answer; its
+ *     reproduction runs by default) a former replica restarts (older copy,
+ *     same epoch) while the owner's crash is not yet detected: it becomes
+ *     the owner, nobody hands it the newest copy (the replica never owned
+ *     the key; the stale answer to its repair REPLICATE was dropped), it
+ *     activated from its own copy at epoch + 1 and that write replaced the
+ *     replica's newer history;
+ *  F2 (fixed: node.c refuses calls until the joining node met the cluster;
+ *     its reproduction runs by default) a node started with --join ran
+ *     calls alone (ring of itself) until its view grew: an add acknowledged
+ *     with no replica, from an old copy;
  *  F3 a new node placed before a crashed, undetected owner serves the key
  *     from nothing when its hold expires, its only replica target being the
  *     dead owner: a one-copy fork, and the older history or the fork is lost;
@@ -1068,7 +1072,13 @@ static bool attempt(struct world *w, int x, struct pend *p)
             w->st.handoffs_refused++;
     } else {
         struct copy newer;
-        take_replicate(w, p->to, x, p->key, &c, &newer); /* answered ok either way */
+        /* answered ok either way; a newer copy in the answer is kept
+         * (handoff.c's on_reply, as replica.c does for writes) */
+        if (take_replicate(w, p->to, x, p->key, &c, &newer) == TAKE_STALE && newer.has &&
+            store_put(w, x, p->key, &newer)) {
+            w->st.keep_newer++;
+            trc(w, p->key, T_KEEP_NEWER, x, p->to, &newer, -1);
+        }
         w->st.repairs++;
         trc(w, p->key, T_REPAIR, x, p->to, &c, -1);
     }
@@ -2120,16 +2130,15 @@ static void load_settle_check(struct world *w, int k, uint64_t ms)
                 w->v.first[0] ? w->v.first : "-");
 }
 
-/* F2: a node restarted with --join runs a call alone (ring of itself) before
- * its view grows (route_call: "Alone ... this node runs everything"): the
- * add is acknowledged with no replica, from its old copy, and the state the
- * cluster wrote meanwhile wins when it joins. */
-Test(placement_sim, known_issue_restarted_node_acknowledges_alone_before_its_view_grows)
+/* F2 (fixed): a node restarted with --join used to run a call alone (ring
+ * of itself) before its view grew: the add was acknowledged with no
+ * replica, from its old copy, and the state the cluster wrote meanwhile won
+ * when it joined. node.c's route_call now refuses calls (unavailable) until
+ * such a node has met another member, as this model does without the
+ * policy alone_serves (the old rule, kept for comparison). */
+Test(placement_sim, restarted_node_refuses_calls_before_its_view_grows)
 {
-    if (!known_issues())
-        cr_skip_test("a known loss (F2); AMESH_SIM_KNOWN_ISSUES=1 runs it");
-    struct policy pol = {
-        .copies = 2, .alone_serves = true, .name = "F2: restarted node serves alone"};
+    struct policy pol = {.copies = 2, .name = "F2: restarted node refuses until it joined"};
     struct world *w = world_new(seed_at(0), &pol);
     start_cluster(w, 30);
     int k = 0, o = common_ring(w)->owner[k];
@@ -2151,13 +2160,13 @@ Test(placement_sim, known_issue_restarted_node_acknowledges_alone_before_its_vie
  * replica J (placed between O and the current replica P) restarts with an
  * older copy of the same epoch. Once O leaves the rings J owns the key; P
  * never owned it, so nobody hands it the newest copy: J activates from its
- * own copy with epoch + 1, and its first write, "newer" by epoch, replaces
- * P's copy: the adds acknowledged since J left are gone. */
+ * own copy with epoch + 1, and its first write, "newer" by epoch, replaced
+ * P's copy: the adds acknowledged since J left were gone. Fixed (F1): J's
+ * repair REPLICATE to P is answered with P's newer copy, which J now keeps
+ * (handoff.c, as replica.c does for writes), so J activates from it. */
 Test(placement_sim,
-     known_issue_former_replica_restarting_during_an_owner_crash_overwrites_newer_state)
+     former_replica_restarting_during_an_owner_crash_keeps_the_newer_state)
 {
-    if (!known_issues())
-        cr_skip_test("a known loss (F1); AMESH_SIM_KNOWN_ISSUES=1 runs it");
     struct policy pol = {.copies = 2, .name = "F1: restart during an owner crash"};
     struct world *w = world_new(seed_at(0), &pol);
     start_cluster(w, 30);
