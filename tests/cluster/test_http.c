@@ -17,6 +17,7 @@
  *   - one node with a token file and --http-auth all that cannot join:
  *     not ready (503), /metrics guarded, --max-connections refused with 503. */
 #define _GNU_SOURCE /* memmem */
+#include "cluster.h"
 #include "proc.h"
 
 #include "err.h"
@@ -24,12 +25,9 @@
 #include "ring.h"
 #include "seal.h"
 
-#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <jansson.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -45,29 +43,25 @@
 static struct {
     char dir[256];
     struct proc_node nodes[NODES];
-    char names[NODES][8];
+    char names[NODES][CLUSTER_NAME_MAX];
     char http[NODES][32];
     char key_file[300];
     char token[AM_HTTP_TOKEN_MAX + 1];
     int stopped; /* a SIGSTOPped node to resume at teardown, or -1 */
 } w;
 
+static const struct cluster cluster = {CLUSTER_OF(w), .key_file = w.key_file,
+                                       .stopped = &w.stopped};
+
 static void setup(void)
 {
-    signal(SIGPIPE, SIG_IGN);
     memset(&w, 0, sizeof w);
-    w.stopped = -1;
-    int rc = proc_tmpdir(w.dir, sizeof w.dir, "http");
-    cr_assert_eq(rc, 0, "mkdtemp: %s", strerror(-rc));
+    cluster_setup(&cluster, "http");
 }
 
 static void teardown(void)
 {
-    if (w.stopped >= 0 && w.nodes[w.stopped].pid > 0)
-        kill(w.nodes[w.stopped].pid, SIGCONT);
-    for (int i = 0; i < NODES; i++)
-        proc_node_cleanup(&w.nodes[i]);
-    proc_rmtree(w.dir);
+    cluster_teardown(&cluster, NULL);
 }
 
 TestSuite(http, .init = setup, .fini = teardown);
@@ -87,36 +81,13 @@ struct hresp {
     size_t body_len;
 };
 
-static int parse_addr(const char *s, struct sockaddr_in *sa)
-{
-    char host[32];
-    const char *colon = strrchr(s, ':');
-    if (!colon || (size_t)(colon - s) >= sizeof host)
-        return -EINVAL;
-    memcpy(host, s, (size_t)(colon - s));
-    host[colon - s] = '\0';
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)atoi(colon + 1));
-    return inet_pton(AF_INET, host, &sa->sin_addr) == 1 ? 0 : -EINVAL;
-}
-
+/* 0 or a negated errno (then c->fd is -1). */
 static int hc_open(struct hc *c, const char *addr)
 {
-    struct sockaddr_in sa;
     memset(c, 0, sizeof *c);
-    cr_assert_eq(parse_addr(addr, &sa), 0);
-    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert(c->fd >= 0);
-    int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa)) {
-        int e = errno;
-        close(c->fd);
-        c->fd = -1;
-        return -e;
-    }
-    return 0;
+    c->fd = proc_tcp_connect(addr, NULL);
+    cr_assert(c->fd != -EINVAL, "bad address %s", addr);
+    return c->fd < 0 ? c->fd : 0;
 }
 
 static void hc_close(struct hc *c)
@@ -273,34 +244,16 @@ static int has_header(const struct hresp *r, const char *line)
 
 static void node_start(int i, const char *const *more)
 {
-    char addr[32], data[512], log[512];
-    snprintf(w.names[i], sizeof w.names[i], "n%d", i);
-    snprintf(addr, sizeof addr, "127.0.6.%d:7946", i + 1);
+    cluster_node_init(&cluster, i, "127.0.6");
     snprintf(w.http[i], sizeof w.http[i], "127.0.6.%d:8080", i + 1);
-    snprintf(data, sizeof data, "%s/%s", w.dir, w.names[i]);
-    snprintf(log, sizeof log, "%s/%s.log", w.dir, w.names[i]);
-    proc_node_init(&w.nodes[i], addr, data, log);
     const char *extra[32];
     int k = 0;
-    extra[k++] = "--name";
-    extra[k++] = w.names[i];
     extra[k++] = "--http";
     extra[k++] = w.http[i];
     while (more && *more)
         extra[k++] = *more++;
     extra[k] = NULL;
-    char why[1600];
-    int rc = proc_node_start(&w.nodes[i], extra, why, sizeof why);
-    cr_assert_eq(rc, 0, "%s: %s", w.names[i], why);
-}
-
-static void node_stop_ok(int i)
-{
-    char tail[1024] = "";
-    int code = proc_node_stop(&w.nodes[i], 20000);
-    if (code != 0)
-        proc_log_tail(w.nodes[i].log, tail, sizeof tail);
-    cr_assert_eq(code, 0, "%s exited with %d after SIGTERM; log ends:\n%s", w.names[i], code, tail);
+    cluster_node_start(&cluster, i, -1, extra);
 }
 
 /* Three nodes with a cluster key, a mailbox of 1, a forward timeout of
@@ -388,6 +341,23 @@ static void call_ok(int node, const char *id, const char *action, const char *bo
     one(node, "POST", path, body, 1, r);
     cr_assert_eq(r->code, 200, "%s via %s: %s", path, w.names[node], r->body);
     cr_assert_eq(atoll(r->body), want, "%s via %s: %s", path, w.names[node], r->body);
+}
+
+/* Gets counter/id through node every 200 ms until the answer is 200, for
+ * 15 s at most (the failure message is what, then the last code); the
+ * answer is left in *r. */
+static void get_until_ok(int node, const char *id, const char *what, struct hresp *r)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/actors/counter/%s/get", id);
+    int64_t deadline = proc_now_ms() + 15000;
+    for (;;) {
+        one(node, "POST", path, NULL, 1, r);
+        if (r->code == 200)
+            return;
+        cr_assert(proc_now_ms() < deadline, "%s %d", what, r->code);
+        proc_sleep_ms(200);
+    }
 }
 
 /* ---- /metrics ------------------------------------------------------------------ */
@@ -719,15 +689,7 @@ Test(http, calls_through_any_node_and_each_error_status_over_http, .timeout = 12
         cr_assert(has_header(r, "Retry-After: 1\r\n"));
         cr_log_info("owner stopped for %lld ms", (long long)(proc_now_ms() - t));
         /* Back once the backoff is over. */
-        int64_t deadline = proc_now_ms() + 15000;
-        for (;;) {
-            snprintf(path, sizeof path, "/v1/actors/counter/%s/get", far);
-            one(0, "POST", path, NULL, 1, r);
-            if (r->code == 200)
-                break;
-            cr_assert(proc_now_ms() < deadline, "n2's actor still answers %d", r->code);
-            proc_sleep_ms(200);
-        }
+        get_until_ok(0, far, "n2's actor still answers", r);
     }
 
     /* 503 from a stopping node: connections opened before SIGTERM get
@@ -765,24 +727,16 @@ Test(http, calls_through_any_node_and_each_error_status_over_http, .timeout = 12
         cr_assert(saw_ready && saw_call, "a stopping n1 did not answer 503 (after %d tries)", i);
         for (int k = 0; k < 6; k++)
             hc_close(&cs[k]);
-        node_stop_ok(1);
+        cluster_node_stop_ok(&cluster, 1);
     }
 
     /* The others still serve, and stop cleanly. */
     one(0, "GET", "/health/live", NULL, 0, r);
     cr_assert_eq(r->code, 200);
-    int64_t deadline = proc_now_ms() + 15000;
-    for (;;) { /* n1 left: the ring is rebuilt without it */
-        snprintf(path, sizeof path, "/v1/actors/counter/%s/get", far);
-        one(2, "POST", path, NULL, 1, r);
-        if (r->code == 200)
-            break;
-        cr_assert(proc_now_ms() < deadline, "n2's actor answers %d", r->code);
-        proc_sleep_ms(200);
-    }
+    get_until_ok(2, far, "n2's actor answers", r); /* n1 left: the ring is rebuilt without it */
     cr_assert_geq(atoll(r->body), 16);
-    node_stop_ok(2);
-    node_stop_ok(0);
+    cluster_node_stop_ok(&cluster, 2);
+    cluster_node_stop_ok(&cluster, 0);
     cr_log_info("whole test: %lld ms", (long long)(proc_now_ms() - t0));
 }
 
@@ -842,5 +796,5 @@ Test(http, a_token_file_guards_metrics_and_a_node_that_has_not_joined_is_not_rea
     hc_close(&a);
     hc_close(&b);
     hc_close(&c);
-    node_stop_ok(3);
+    cluster_node_stop_ok(&cluster, 3);
 }

@@ -8,15 +8,14 @@
  * Waits are polls that end as soon as their condition holds; their bounds
  * are generous for a loaded 2-core machine under ASan. Every node is
  * stopped with SIGTERM at the end of a test and must exit 0. */
+#include "cluster.h"
 #include "proc.h"
-#include "view.h"
 
 #include "buf.h"
 #include "client.h"
 #include "err.h"
 #include "json.h"
 #include "proto.h"
-#include "seal.h"
 
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -37,23 +36,22 @@
 static struct {
     char dir[256];
     struct proc_node nodes[MAX_NODES];
-    char names[MAX_NODES][16];
-    const char *key_file; /* used by query() when set */
+    char names[MAX_NODES][CLUSTER_NAME_MAX];
 } w;
+
+/* cluster.key_file, when set, seals every query(). */
+static struct cluster cluster = {CLUSTER_OF(w)};
 
 static void setup(void)
 {
-    signal(SIGPIPE, SIG_IGN);
     memset(&w, 0, sizeof w);
-    int rc = proc_tmpdir(w.dir, sizeof w.dir, "members");
-    cr_assert_eq(rc, 0, "mkdtemp: %s", strerror(-rc));
+    cluster.key_file = NULL;
+    cluster_setup(&cluster, "members");
 }
 
 static void teardown(void)
 {
-    for (int i = 0; i < MAX_NODES; i++)
-        proc_node_cleanup(&w.nodes[i]);
-    proc_rmtree(w.dir);
+    cluster_teardown(&cluster, NULL);
 }
 
 TestSuite(members, .init = setup, .fini = teardown);
@@ -61,57 +59,23 @@ TestSuite(members, .init = setup, .fini = teardown);
 /* Node i: name "nI", address 127.0.3.(I+1):7946, its own data dir and log. */
 static void node_prepare(int i)
 {
-    char addr[32], data[512], log[512];
-    snprintf(w.names[i], sizeof w.names[i], "n%d", i);
-    snprintf(addr, sizeof addr, "127.0.3.%d:7946", i + 1);
-    snprintf(data, sizeof data, "%s/%s", w.dir, w.names[i]);
-    snprintf(log, sizeof log, "%s/%s.log", w.dir, w.names[i]);
-    proc_node_init(&w.nodes[i], addr, data, log);
+    cluster_node_init(&cluster, i, "127.0.3");
 }
 
 /* Starts node i joining through node `seed` (-1: no seed), with one more
  * pair of flags (NULL for none). */
 static void node_start(int i, int seed, const char *flag, const char *value)
 {
-    const char *extra[12];
-    int k = 0;
-    extra[k++] = "--name";
-    extra[k++] = w.names[i];
-    extra[k++] = "--profile";
-    extra[k++] = "lan";
-    if (seed >= 0) {
-        extra[k++] = "--join";
-        extra[k++] = w.nodes[seed].addr;
-    }
-    if (flag) {
-        extra[k++] = flag;
-        extra[k++] = value;
-    }
-    extra[k] = NULL;
-    char why[1600];
-    int rc = proc_node_start(&w.nodes[i], extra, why, sizeof why);
-    cr_assert_eq(rc, 0, "%s: %s", w.names[i], why);
-}
-
-static void node_stop_ok(int i)
-{
-    char tail[1024] = "";
-    int code = proc_node_stop(&w.nodes[i], 20000);
-    if (code != 0)
-        proc_log_tail(w.nodes[i].log, tail, sizeof tail);
-    cr_assert_eq(code, 0, "%s exited with %d after SIGTERM; log ends:\n%s", w.names[i], code, tail);
+    const char *extra[] = {"--profile", "lan", flag, value, NULL};
+    cluster_node_start(&cluster, i, seed, extra);
 }
 
 /* One request with no field (STATUS or MEMBERS) to node i, as JSON; NULL
- * when the node does not answer. With key_file set, the connection is
+ * when the node does not answer. With cluster.key_file set, the connection is
  * sealed with that key. */
 static json_t *query(int i, int kind)
 {
-    uint8_t key[AM_KEY_BYTES];
-    char err[1200];
-    if (w.key_file)
-        cr_assert_eq(am_key_load(w.key_file, key, err, sizeof err), 0, "%s", err);
-    return view_query(w.nodes[i].addr, kind, w.key_file ? key : NULL, CLIENT_TIMEOUT_MS);
+    return cluster_query(&cluster, i, kind, CLIENT_TIMEOUT_MS);
 }
 
 /* The entry for name in a MEMBERS reply, or NULL. */
@@ -247,7 +211,7 @@ Test(members, twenty_nodes_converge_and_agree_on_kill_leave_and_restart, .timeou
     cr_log_info("kill -9 of n%d: dead at all 19 others after %lld ms", VICTIM, (long long)ms);
 
     /* SIGTERM: left at every other node; the node exits 0. */
-    node_stop_ok(LEAVER);
+    cluster_node_stop_ok(&cluster, LEAVER);
     n = all_but(others, N, VICTIM, LEAVER);
     int leaver[] = {LEAVER};
     e = (struct expect){leaver, 1, "left", 0, 0};
@@ -266,7 +230,7 @@ Test(members, twenty_nodes_converge_and_agree_on_kill_leave_and_restart, .timeou
 
     for (int i = 0; i < N; i++)
         if (i != LEAVER)
-            node_stop_ok(i);
+            cluster_node_stop_ok(&cluster, i);
 }
 
 /* Node i's ring: its version (hex string) into ver and its member count;
@@ -331,7 +295,7 @@ Test(members, every_node_builds_the_same_ring_from_the_same_view, .timeout = 120
     cr_assert_str_neq(v3, v4, "the ring kept its version without n3");
     cr_log_info("ring of 4: %s; without n3: %s", v4, v3);
     for (int i = 0; i < n; i++)
-        node_stop_ok(rest[i]);
+        cluster_node_stop_ok(&cluster, rest[i]);
 }
 
 static void keygen(const char *name, char *path, size_t len)
@@ -354,7 +318,7 @@ Test(members, nodes_and_clients_without_the_key_are_kept_out, .timeout = 200)
     node_start(1, 0, "--key-file", key);
     node_start(2, 0, "--key-file", key);
     int members3[] = {0, 1, 2};
-    w.key_file = key;
+    cluster.key_file = key;
     struct expect e = {members3, 3, "alive", 1, 3};
     wait_views(members3, 3, check_states, &e, 30000, "three keyed nodes converge");
 
@@ -377,12 +341,12 @@ Test(members, nodes_and_clients_without_the_key_are_kept_out, .timeout = 200)
                      status_u64(1, "clients", "unauthenticated"),
                  0, "no connection counted as unauthenticated");
     /* The outsiders see only themselves. */
-    w.key_file = other;
+    cluster.key_file = other;
     json_t *m = query(3, AM_MSG_MEMBERS);
     cr_assert_not_null(m);
     cr_assert_eq(json_array_size(json_object_get(m, "members")), 1, "n3 got in with another key");
     json_decref(m);
-    w.key_file = NULL;
+    cluster.key_file = NULL;
     m = query(4, AM_MSG_MEMBERS);
     cr_assert_not_null(m);
     cr_assert_eq(json_array_size(json_object_get(m, "members")), 1, "n4 got in without a key");
@@ -416,13 +380,13 @@ Test(members, nodes_and_clients_without_the_key_are_kept_out, .timeout = 200)
     cr_assert_eq(r.code, 0, "keyed call: %s", r.err);
     cr_assert_str_eq(r.out, "5\n");
     proc_result_free(&r);
-    w.key_file = key;
+    cluster.key_file = key;
     cr_assert_gt(status_u64(0, "membership", "encrypted"), 0);
     for (int i = 0; i < 3; i++)
-        node_stop_ok(i);
-    node_stop_ok(4);
-    w.key_file = other;
-    node_stop_ok(3);
+        cluster_node_stop_ok(&cluster, i);
+    cluster_node_stop_ok(&cluster, 4);
+    cluster.key_file = other;
+    cluster_node_stop_ok(&cluster, 3);
 }
 
 /* Sends datagrams to node i's port from a fresh socket. */
@@ -474,15 +438,15 @@ Test(members, malformed_datagrams_are_counted_and_dropped, .timeout = 120)
 
     /* The same at a keyed node: counted as unauthenticated before decoding. */
     node_start(2, -1, "--key-file", key);
-    w.key_file = key;
+    cluster.key_file = key;
     send_garbage(2, 300);
     proc_sleep_ms(500);
     cr_assert_geq(status_u64(2, "membership", "unauthenticated"), 290);
     cr_assert_eq(status_u64(2, "membership", "bad_packets"), 0);
-    node_stop_ok(2);
-    w.key_file = NULL;
-    node_stop_ok(0);
-    node_stop_ok(1);
+    cluster_node_stop_ok(&cluster, 2);
+    cluster.key_file = NULL;
+    cluster_node_stop_ok(&cluster, 0);
+    cluster_node_stop_ok(&cluster, 1);
 }
 
 Test(members, a_second_live_node_with_a_name_in_use_is_refused, .timeout = 120)
@@ -519,6 +483,6 @@ Test(members, a_second_live_node_with_a_name_in_use_is_refused, .timeout = 120)
     free(log2);
     struct expect still = {two, 2, "alive", 1, 2};
     wait_views(two, 2, check_states, &still, 10000, "holder still alive and alone with its name");
-    node_stop_ok(0);
-    node_stop_ok(1);
+    cluster_node_stop_ok(&cluster, 0);
+    cluster_node_stop_ok(&cluster, 1);
 }

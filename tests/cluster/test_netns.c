@@ -33,6 +33,7 @@
  * The namespace and link names are fixed, so two runs at once on one
  * machine would tear down each other's network: a lock file makes the
  * second one fail with a message instead. */
+#include "cluster.h"
 #include "proc.h"
 #include "view.h"
 
@@ -66,12 +67,14 @@
 static struct {
     char dir[256];
     struct proc_node nodes[N];
-    char names[N][8]; /* n1..n5 */
+    char names[N][CLUSTER_NAME_MAX]; /* n1..n5 */
     char ns[N][8];    /* amt1..amt5 */
     char ip[PATH_MAX], nft[PATH_MAX];
     int lock_fd;
     int net_touched; /* the .fini removes the namespaces and links */
 } w;
+
+static const struct cluster cluster = {CLUSTER_OF(w)};
 
 static void setup(void)
 {
@@ -88,14 +91,11 @@ static void net_down(int report);
 
 static void teardown(void)
 {
-    for (int i = 0; i < N; i++)
-        proc_node_cleanup(&w.nodes[i]);
+    cluster_teardown(&cluster, NULL); /* the nodes, then their directory */
     if (w.net_touched)
         net_down(0);
     if (w.lock_fd >= 0)
         close(w.lock_fd);
-    if (w.dir[0])
-        proc_rmtree(w.dir);
 }
 
 TestSuite(netns, .init = setup, .fini = teardown);
@@ -236,29 +236,11 @@ static void net_up(void)
  * exec it in place, or SIGTERM and kill -9 would reach ip instead). */
 static void node_start(int i)
 {
-    char addr[32], data[512], log[512];
-    snprintf(addr, sizeof addr, "10.77.0.%d:7946", i + 1);
-    snprintf(data, sizeof data, "%s/%s", w.dir, w.names[i]);
-    snprintf(log, sizeof log, "%s/%s.log", w.dir, w.names[i]);
-    proc_node_init(&w.nodes[i], addr, data, log);
+    cluster_node_init(&cluster, i, "10.77.0"); /* named n<i+1> by the .init */
     proc_node_set_netns(&w.nodes[i], w.ns[i]);
 
-    const char *extra[12];
-    int k = 0;
-    extra[k++] = "--name";
-    extra[k++] = w.names[i];
-    extra[k++] = "--profile";
-    extra[k++] = "lan";
-    extra[k++] = "--log-level";
-    extra[k++] = "info";
-    if (i > 0) {
-        extra[k++] = "--join";
-        extra[k++] = w.nodes[0].addr;
-    }
-    extra[k] = NULL;
-    char why[1600];
-    int rc = proc_node_start(&w.nodes[i], extra, why, sizeof why);
-    cr_assert_eq(rc, 0, "%s: %s", w.names[i], why);
+    const char *extra[] = {"--profile", "lan", "--log-level", "info", NULL};
+    cluster_node_start(&cluster, i, i > 0 ? 0 : -1, extra);
 
     char link[64], exe[PATH_MAX], want[PATH_MAX];
     snprintf(link, sizeof link, "/proc/%d/exe", (int)w.nodes[i].pid);
@@ -267,15 +249,6 @@ static void node_start(int i)
     exe[len] = '\0';
     cr_assert_not_null(realpath(AMESH_BIN, want));
     cr_assert_str_eq(exe, want, "pid %d of %s is not the node", (int)w.nodes[i].pid, w.names[i]);
-}
-
-static void node_stop_ok(int i)
-{
-    char tail[1024] = "";
-    int code = proc_node_stop(&w.nodes[i], 20000);
-    if (code != 0)
-        proc_log_tail(w.nodes[i].log, tail, sizeof tail);
-    cr_assert_eq(code, 0, "%s exited with %d after SIGTERM; log ends:\n%s", w.names[i], code, tail);
 }
 
 /* The lines of all nodes' logs that hold needle, each prefixed with its
@@ -413,7 +386,7 @@ static uint64_t membership_sum(const char *key)
 static void stop_all(void)
 {
     for (int i = 0; i < N; i++)
-        node_stop_ok(i);
+        cluster_node_stop_ok(&cluster, i);
 }
 
 /* ---- tests ----------------------------------------------------------------- */

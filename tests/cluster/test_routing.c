@@ -13,59 +13,48 @@
  *
  * The test speaks the protocol itself over plain sockets (pipelined batches
  * of frames), so it can also bind a chosen source address. */
+#include "cluster.h"
+#include "counters.h"
 #include "proc.h"
+#include "rconn.h"
 #include "view.h"
 
 #include "buf.h"
 #include "err.h"
-#include "mp.h"
 #include "proto.h"
 #include "ring.h"
-#include "seal.h"
 
-#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
-#include <errno.h>
 #include <jansson.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #define MAX_NODES 5
-#define IO_TIMEOUT_MS 20000
 
 static struct {
     char dir[256];
     struct proc_node nodes[MAX_NODES];
-    char names[MAX_NODES][16];
+    char names[MAX_NODES][CLUSTER_NAME_MAX];
     int stopped;        /* index of a SIGSTOPped node to resume at teardown, or -1 */
     char key_file[300]; /* "" or the cluster key every node and query uses */
 } w;
 
+static const struct cluster cluster = {CLUSTER_OF(w), .key_file = w.key_file,
+                                       .stopped = &w.stopped};
+
 static void setup(void)
 {
-    signal(SIGPIPE, SIG_IGN);
     memset(&w, 0, sizeof w);
-    w.stopped = -1;
-    int rc = proc_tmpdir(w.dir, sizeof w.dir, "routing");
-    cr_assert_eq(rc, 0, "mkdtemp: %s", strerror(-rc));
+    cluster_setup(&cluster, "routing");
 }
 
 static void teardown(void)
 {
-    if (w.stopped >= 0 && w.nodes[w.stopped].pid > 0)
-        kill(w.nodes[w.stopped].pid, SIGCONT);
-    for (int i = 0; i < MAX_NODES; i++)
-        proc_node_cleanup(&w.nodes[i]);
-    proc_rmtree(w.dir);
+    cluster_teardown(&cluster, NULL);
 }
 
 TestSuite(routing, .init = setup, .fini = teardown);
@@ -74,80 +63,18 @@ TestSuite(routing, .init = setup, .fini = teardown);
 
 static void node_start(int i, const char *timeout_ms)
 {
-    char addr[32], data[512], log[512];
-    snprintf(w.names[i], sizeof w.names[i], "n%d", i);
-    snprintf(addr, sizeof addr, "127.0.7.%d:7946", i + 1);
-    snprintf(data, sizeof data, "%s/%s", w.dir, w.names[i]);
-    snprintf(log, sizeof log, "%s/%s.log", w.dir, w.names[i]);
-    proc_node_init(&w.nodes[i], addr, data, log);
-    const char *extra[12];
-    int k = 0;
-    extra[k++] = "--name";
-    extra[k++] = w.names[i];
-    extra[k++] = "--idle-timeout";
-    extra[k++] = "600000";
-    extra[k++] = "--forward-timeout";
-    extra[k++] = timeout_ms;
-    if (w.key_file[0]) {
-        extra[k++] = "--key-file";
-        extra[k++] = w.key_file;
-    }
-    if (i) {
-        extra[k++] = "--join";
-        extra[k++] = w.nodes[0].addr;
-    }
-    extra[k] = NULL;
-    char why[1600];
-    int rc = proc_node_start(&w.nodes[i], extra, why, sizeof why);
-    cr_assert_eq(rc, 0, "%s: %s", w.names[i], why);
+    cluster_node_init(&cluster, i, "127.0.7");
+    const char *extra[] = {"--idle-timeout",
+                           "600000",
+                           "--forward-timeout",
+                           timeout_ms,
+                           w.key_file[0] ? "--key-file" : NULL,
+                           w.key_file,
+                           NULL};
+    cluster_node_start(&cluster, i, i ? 0 : -1, extra);
 }
 
-static void node_stop_ok(int i)
-{
-    char tail[1024] = "";
-    int code = proc_node_stop(&w.nodes[i], 20000);
-    if (code != 0)
-        proc_log_tail(w.nodes[i].log, tail, sizeof tail);
-    cr_assert_eq(code, 0, "%s exited with %d after SIGTERM; log ends:\n%s", w.names[i], code, tail);
-}
-
-static json_t *status_of(int i)
-{
-    uint8_t key[AM_KEY_BYTES];
-    char err[1200];
-    if (w.key_file[0])
-        cr_assert_eq(am_key_load(w.key_file, key, err, sizeof err), 0, "%s", err);
-    return view_query(w.nodes[i].addr, AM_MSG_STATUS, w.key_file[0] ? key : NULL, 5000);
-}
-
-static uint64_t stat_u64(json_t *st, const char *map, const char *key)
-{
-    return (uint64_t)json_integer_value(json_object_get(json_object_get(st, map), key));
-}
-
-/* Waits until each listed node has built the same ring of nn members. */
-static void wait_one_ring(const int *nodes, int nn)
-{
-    int64_t deadline = proc_now_ms() + 30000;
-    for (;;) {
-        char first[32] = "";
-        int agree = 1;
-        for (int k = 0; k < nn && agree; k++) {
-            json_t *st = status_of(nodes[k]);
-            json_t *ring = json_object_get(st, "ring");
-            const char *v = json_string_value(json_object_get(ring, "version"));
-            agree = v && json_integer_value(json_object_get(ring, "members")) == nn &&
-                    (k == 0 || strcmp(first, v) == 0);
-            if (v && k == 0)
-                snprintf(first, sizeof first, "%s", v);
-            json_decref(st);
-        }
-        if (agree)
-            return;
-        cr_assert(proc_now_ms() < deadline, "the %d nodes did not build one ring in 30 s", nn);
-        proc_sleep_ms(100);
-    }
-}
+static const int all_nodes[MAX_NODES] = {0, 1, 2, 3, 4};
 
 /* Starts n nodes (all joining node 0) and waits until every one has built
  * the same ring of n members and waits for no handoff. Then one more
@@ -156,34 +83,17 @@ static void wait_one_ring(const int *nodes, int nn)
  * the meantime, a retryable error the tests here do not want to count). */
 static void cluster_start(int n, const char *timeout_ms)
 {
-    const int all[] = {0, 1, 2, 3, 4};
     for (int i = 0; i < n; i++)
         node_start(i, timeout_ms);
-    wait_one_ring(all, n);
-    int64_t deadline = proc_now_ms() + 15000;
-    for (int i = 0; i < n; i++) {
-        for (;;) {
-            json_t *st = status_of(i);
-            uint64_t waiting = stat_u64(st, "handoff", "waiting");
-            json_decref(st);
-            if (waiting == 0)
-                break;
-            cr_assert(proc_now_ms() < deadline, "n%d still waits for handoffs", i);
-            proc_sleep_ms(100);
-        }
-    }
+    cluster_wait_one_ring(&cluster, all_nodes, n);
+    cluster_wait_no_handoffs(&cluster, all_nodes, n);
     proc_sleep_ms(1000);
 }
 
 /* The ring every node builds from names n0 .. n(count-1). */
 static struct am_ring *ring_of(int count)
 {
-    const char *names[MAX_NODES];
-    for (int i = 0; i < count; i++)
-        names[i] = w.names[i];
-    struct am_ring *r;
-    cr_assert_eq(am_ring_build(&r, names, (size_t)count, AM_RING_VNODES), 0);
-    return r;
+    return cluster_ring(&cluster, all_nodes, count);
 }
 
 /* Index (in w.names) of the owner of counter/id. */
@@ -194,263 +104,11 @@ static int owner_of(const struct am_ring *r, const char *id)
     return atoi(name + 1);
 }
 
-struct placed {
-    char key[320];
-    int node;
-};
-
-static int cmp_placed(const void *a, const void *b)
-{
-    return strcmp(((const struct placed *)a)->key, ((const struct placed *)b)->key);
-}
-
-/* Asks each listed node for its active actors; true (and *total set) when
- * none is active on two of them and each is on its owner by the ring of the
- * listed nodes. why says what was wrong otherwise. */
-static int actors_on_owners(const int *nodes, int nn, size_t *total, char *why, size_t whylen)
-{
-    const char *names[MAX_NODES];
-    for (int k = 0; k < nn; k++)
-        names[k] = w.names[nodes[k]];
-    struct am_ring *ring;
-    cr_assert_eq(am_ring_build(&ring, names, (size_t)nn, AM_RING_VNODES), 0);
-    size_t n = 0, cap = 1024;
-    struct placed *all = malloc(cap * sizeof *all);
-    cr_assert_not_null(all);
-    int ok = 1;
-    for (int k = 0; k < nn && ok; k++) {
-        json_t *a = view_query(w.nodes[nodes[k]].addr, AM_MSG_ACTORS, NULL, 10000);
-        cr_assert_not_null(a, "ACTORS from n%d", nodes[k]);
-        cr_assert(json_is_false(json_object_get(a, "truncated")));
-        json_t *keys = json_object_get(a, "keys"), *v;
-        size_t idx;
-        json_array_foreach(keys, idx, v)
-        {
-            const char *key = json_string_value(v);
-            cr_assert(key && strlen(key) < sizeof all->key);
-            const char *owner =
-                am_ring_member(ring, am_ring_owner(ring, am_ring_key_of(key, strlen(key))));
-            if (ok && strcmp(owner, names[k]) != 0) {
-                snprintf(why, whylen, "%s is active on %s, its owner is %s", key, names[k], owner);
-                ok = 0;
-            }
-            if (n == cap) {
-                cap *= 2;
-                all = realloc(all, cap * sizeof *all);
-                cr_assert_not_null(all);
-            }
-            snprintf(all[n].key, sizeof all[n].key, "%s", key);
-            all[n++].node = nodes[k];
-        }
-        json_decref(a);
-    }
-    qsort(all, n, sizeof *all, cmp_placed);
-    for (size_t i = 1; ok && i < n; i++) {
-        if (strcmp(all[i - 1].key, all[i].key) == 0) {
-            snprintf(why, whylen, "%s is active on n%d and n%d", all[i].key, all[i - 1].node,
-                     all[i].node);
-            ok = 0;
-        }
-    }
-    *total = n;
-    free(all);
-    am_ring_free(ring);
-    return ok;
-}
-
-/* actors_on_owners, polled for up to 10 s (a ring change releases the
- * actors a node stopped owning within moments, not at once). */
-static size_t wait_actors_on_owners(const int *nodes, int nn)
-{
-    char why[512] = "";
-    size_t total = 0;
-    int64_t deadline = proc_now_ms() + 10000;
-    while (!actors_on_owners(nodes, nn, &total, why, sizeof why)) {
-        cr_assert(proc_now_ms() < deadline, "after 10 s: %s", why);
-        proc_sleep_ms(200);
-    }
-    return total;
-}
-
-/* ---- a raw protocol connection ------------------------------------------ */
-
-struct rconn {
-    int fd;
-    struct am_buf in;
-    size_t used; /* bytes of in taken by the last reply returned */
-};
-
-static int parse_addr(const char *s, struct sockaddr_in *sa)
-{
-    char host[32];
-    const char *colon = strrchr(s, ':');
-    if (!colon || (size_t)(colon - s) >= sizeof host)
-        return -EINVAL;
-    memcpy(host, s, (size_t)(colon - s));
-    host[colon - s] = '\0';
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)atoi(colon + 1));
-    return inet_pton(AF_INET, host, &sa->sin_addr) == 1 ? 0 : -EINVAL;
-}
-
-/* Connects to addr, from src_ip when given. */
-static void rconn_open(struct rconn *c, const char *addr, const char *src_ip)
-{
-    struct sockaddr_in sa, src;
-    memset(c, 0, sizeof *c);
-    am_buf_init(&c->in);
-    cr_assert_eq(parse_addr(addr, &sa), 0);
-    c->fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert(c->fd >= 0);
-    int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (src_ip) {
-        memset(&src, 0, sizeof src);
-        src.sin_family = AF_INET;
-        cr_assert_eq(inet_pton(AF_INET, src_ip, &src.sin_addr), 1);
-        cr_assert_eq(bind(c->fd, (struct sockaddr *)&src, sizeof src), 0, "bind %s: %s", src_ip,
-                     strerror(errno));
-    }
-    cr_assert_eq(connect(c->fd, (struct sockaddr *)&sa, sizeof sa), 0, "connect %s: %s", addr,
-                 strerror(errno));
-}
-
-static void rconn_close(struct rconn *c)
-{
-    if (c->fd >= 0)
-        close(c->fd);
-    c->fd = -1;
-    am_buf_close(&c->in);
-}
-
-/* Sends all of b (then empties it). 0 or a negated errno. */
-static int rconn_send(struct rconn *c, struct am_buf *b)
-{
-    size_t off = 0;
-    while (off < b->len) {
-        struct pollfd p = {.fd = c->fd, .events = POLLOUT};
-        if (poll(&p, 1, IO_TIMEOUT_MS) <= 0)
-            return -ETIMEDOUT;
-        ssize_t n = send(c->fd, b->data + off, b->len - off, MSG_NOSIGNAL);
-        if (n < 0 && errno != EINTR && errno != EAGAIN)
-            return -errno;
-        if (n > 0)
-            off += (size_t)n;
-    }
-    b->len = 0;
-    return 0;
-}
-
-/* The next reply, its body pointing into c->in until the next call.
- * 0, -ETIMEDOUT, -EPIPE (closed by the node) or AM_EPROTO. */
-static int rconn_reply(struct rconn *c, struct am_reply *r, int timeout_ms)
-{
-    am_buf_consume(&c->in, c->used);
-    c->used = 0;
-    int64_t deadline = proc_now_ms() + timeout_ms;
-    for (;;) {
-        const uint8_t *body;
-        size_t blen;
-        long n = am_frame_next(c->in.data, c->in.len, 64u << 20, &body, &blen);
-        if (n < 0)
-            return AM_EPROTO;
-        if (n > 0) {
-            c->used = (size_t)n;
-            return am_reply_decode(r, body, blen);
-        }
-        int left = (int)(deadline - proc_now_ms());
-        if (left <= 0)
-            return -ETIMEDOUT;
-        struct pollfd p = {.fd = c->fd, .events = POLLIN};
-        if (poll(&p, 1, left) <= 0)
-            continue;
-        if (am_buf_reserve(&c->in, 65536))
-            return -ENOMEM;
-        ssize_t got = recv(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len, 0);
-        if (got == 0 || (got < 0 && errno == ECONNRESET))
-            return -EPIPE;
-        if (got > 0)
-            c->in.len += (size_t)got;
-    }
-}
-
-/* True when the node closes the connection within timeout_ms (replies
- * before the close are skipped). */
-static int rconn_closed_by_node(struct rconn *c, int timeout_ms)
-{
-    struct am_reply r;
-    int64_t deadline = proc_now_ms() + timeout_ms;
-    while (proc_now_ms() < deadline) {
-        int rc = rconn_reply(c, &r, (int)(deadline - proc_now_ms()));
-        if (rc == -EPIPE)
-            return 1;
-        if (rc == -ETIMEDOUT)
-            return 0;
-    }
-    return 0;
-}
-
-static void rconn_hello(struct rconn *c, const char *peer_name, int want_status)
-{
-    struct am_buf b;
-    struct am_reply r;
-    am_buf_init(&b);
-    if (peer_name)
-        cr_assert_eq(am_encode_hello_peer(&b, 1, peer_name), 0);
-    else
-        cr_assert_eq(am_encode_hello(&b, 1, "client"), 0);
-    cr_assert_eq(rconn_send(c, &b), 0);
-    cr_assert_eq(rconn_reply(c, &r, IO_TIMEOUT_MS), 0);
-    cr_assert_eq(r.id, 1);
-    cr_assert_eq(r.status, want_status, "HELLO answered %s", am_status_name(r.status));
-    am_buf_close(&b);
-}
-
-static void encode_counter(struct am_buf *b, uint64_t id, const char *actor, const char *action,
-                           int64_t n)
-{
-    uint8_t payload[16];
-    struct am_buf pb;
-    msgpack_packer pk;
-    am_buf_init(&pb);
-    am_mp_packer_init(&pk, &pb);
-    cr_assert_eq(msgpack_pack_int64(&pk, n), 0);
-    memcpy(payload, pb.data, pb.len);
-    cr_assert_eq(am_encode_call(b, AM_MSG_CALL, id, "counter", 7, actor, strlen(actor), action,
-                                strlen(action), payload, pb.len),
-                 0);
-    am_buf_close(&pb);
-}
-
-static int64_t reply_int(const struct am_reply *r)
-{
-    int64_t v = -1;
-    const uint8_t *p = r->body;
-    cr_assert_eq(am_mp_read_int(&p, r->body + r->body_len, &v), 0, "reply is not an integer");
-    return v;
-}
-
 /* ---- 1 and 2: many counters through random nodes ------------------------ */
 
 #define COUNTERS 10000
 #define ADDS 30000
 #define BATCH 600
-
-/* Opens one client connection to each listed node. */
-static void open_all(struct rconn *conns, const int *nodes, int nn)
-{
-    for (int i = 0; i < nn; i++) {
-        rconn_open(&conns[i], w.nodes[nodes[i]].addr, NULL);
-        rconn_hello(&conns[i], NULL, AM_ST_OK);
-    }
-}
-
-static void close_all(struct rconn *conns, int nn)
-{
-    for (int i = 0; i < nn; i++)
-        rconn_close(&conns[i]);
-}
 
 /* Adds 1, `adds` times, to counters c0 .. c(counters-1) chosen at random,
  * each through one of the listed nodes chosen at random, in pipelined
@@ -458,92 +116,23 @@ static void close_all(struct rconn *conns, int nn)
  * must be retryable; returns how many adds failed. */
 static uint64_t add_random(const int *nodes, int nn, int counters, int adds, uint32_t *acked)
 {
-    struct rconn conns[MAX_NODES];
-    struct am_buf out[MAX_NODES];
-    uint64_t errors[AM_ST__COUNT] = {0}, failed = 0;
-    uint32_t *which = calloc((size_t)adds, sizeof *which);
-    cr_assert_not_null(which);
-    open_all(conns, nodes, nn);
-    for (int i = 0; i < nn; i++)
-        am_buf_init(&out[i]);
-    /* The request id is the add's index. */
-    for (int base = 0; base < adds; base += BATCH) {
-        int sent[MAX_NODES] = {0};
-        for (int k = base; k < base + BATCH && k < adds; k++) {
-            int node = rand() % nn;
-            which[k] = (uint32_t)(rand() % counters);
-            char id[16];
-            snprintf(id, sizeof id, "c%u", which[k]);
-            encode_counter(&out[node], (uint64_t)k, id, "add", 1);
-            sent[node]++;
-        }
-        for (int i = 0; i < nn; i++)
-            cr_assert_eq(rconn_send(&conns[i], &out[i]), 0);
-        for (int i = 0; i < nn; i++) {
-            for (int j = 0; j < sent[i]; j++) {
-                struct am_reply r;
-                cr_assert_eq(rconn_reply(&conns[i], &r, IO_TIMEOUT_MS), 0, "no reply from n%d",
-                             nodes[i]);
-                cr_assert(r.id < (uint64_t)adds);
-                if (r.status == AM_ST_OK)
-                    acked[which[r.id]]++;
-                else
-                    errors[r.status < AM_ST__COUNT ? r.status : 0]++;
-            }
-        }
-    }
-    for (int st = 0; st < AM_ST__COUNT; st++) {
-        failed += errors[st];
-        if (errors[st])
-            cr_log_info("adds answered %s: %llu", am_status_name(st),
-                        (unsigned long long)errors[st]);
-        cr_assert(errors[st] == 0 || am_status_retryable(st), "adds failed with %s",
-                  am_status_name(st));
-    }
-    for (int i = 0; i < nn; i++)
-        am_buf_close(&out[i]);
-    close_all(conns, nn);
-    free(which);
-    return failed;
+    const struct counters k = {"c", counters, BATCH, ""};
+    return counters_add_random(&k, &cluster, nodes, nn, adds, acked);
 }
 
 /* Reads every counter through one of the listed nodes chosen at random;
  * returns how many differ from acked (the first few are logged). */
 static uint64_t check_counters(const int *nodes, int nn, int counters, const uint32_t *acked)
 {
-    struct rconn conns[MAX_NODES];
-    struct am_buf out[MAX_NODES];
+    const struct counters k = {"c", counters, BATCH, ""};
+    int64_t *value = calloc((size_t)counters, sizeof *value);
+    cr_assert_not_null(value);
+    counters_read(&k, &cluster, nodes, nn, value, 0, NULL);
     uint64_t mismatches = 0;
-    open_all(conns, nodes, nn);
-    for (int i = 0; i < nn; i++)
-        am_buf_init(&out[i]);
-    for (int base = 0; base < counters; base += BATCH) {
-        int sent[MAX_NODES] = {0};
-        for (int k = base; k < base + BATCH && k < counters; k++) {
-            int node = rand() % nn;
-            char id[16];
-            snprintf(id, sizeof id, "c%d", k);
-            encode_counter(&out[node], (uint64_t)k, id, "get", 0);
-            sent[node]++;
-        }
-        for (int i = 0; i < nn; i++)
-            cr_assert_eq(rconn_send(&conns[i], &out[i]), 0);
-        for (int i = 0; i < nn; i++) {
-            for (int j = 0; j < sent[i]; j++) {
-                struct am_reply r;
-                cr_assert_eq(rconn_reply(&conns[i], &r, IO_TIMEOUT_MS), 0);
-                cr_assert_eq(r.status, AM_ST_OK, "get c%llu: %s", (unsigned long long)r.id,
-                             am_status_name(r.status));
-                int64_t v = reply_int(&r);
-                if (v != (int64_t)acked[r.id] && mismatches++ < 5)
-                    cr_log_error("c%llu is %lld, acknowledged adds %u", (unsigned long long)r.id,
-                                 (long long)v, acked[r.id]);
-            }
-        }
-    }
-    for (int i = 0; i < nn; i++)
-        am_buf_close(&out[i]);
-    close_all(conns, nn);
+    for (int c = 0; c < counters; c++)
+        if (value[c] != (int64_t)acked[c] && mismatches++ < 5)
+            cr_log_error("c%d is %lld, acknowledged adds %u", c, (long long)value[c], acked[c]);
+    free(value);
     return mismatches;
 }
 
@@ -562,12 +151,12 @@ Test(routing, ten_thousand_counters_through_random_nodes_count_every_acknowledge
                  (unsigned long long)mismatches);
 
     /* Point 2: every counter is active on exactly one node, its owner. */
-    size_t total = wait_actors_on_owners(all, n);
+    size_t total = cluster_wait_actors_on_owners(&cluster, NULL, all, n);
     uint64_t forwarded = 0;
     for (int i = 0; i < n; i++) {
-        json_t *st = status_of(i);
-        forwarded += stat_u64(st, "routing", "forwarded");
-        cr_assert_eq(stat_u64(st, "routing", "hop_limited"), 0);
+        json_t *st = cluster_status(&cluster, i);
+        forwarded += cluster_stat(st, "routing", "forwarded");
+        cr_assert_eq(cluster_stat(st, "routing", "hop_limited"), 0);
         json_decref(st);
     }
     cr_assert_eq(total, COUNTERS, "%zu actors active over the nodes, want %d", total, COUNTERS);
@@ -577,7 +166,7 @@ Test(routing, ten_thousand_counters_through_random_nodes_count_every_acknowledge
     cr_log_info("acknowledged adds %d of %d; forwarded %llu", ADDS - (int)failed, ADDS,
                 (unsigned long long)forwarded);
     for (int i = n - 1; i >= 0; i--)
-        node_stop_ok(i);
+        cluster_node_stop_ok(&cluster, i);
 }
 
 /* ---- 4: a peer that stops reading ---------------------------------------- */
@@ -634,12 +223,12 @@ Test(routing, a_stopped_peer_costs_bounded_memory_and_retryable_errors, .timeout
     rconn_hello(&c, NULL, AM_ST_OK);
     struct am_buf out;
     am_buf_init(&out);
-    encode_counter(&out, 1, stuck[0], "add", 1);
-    encode_counter(&out, 2, live[0], "add", 1);
+    rconn_encode_counter(&out, 1, stuck[0], "add", 1);
+    rconn_encode_counter(&out, 2, live[0], "add", 1);
     cr_assert_eq(rconn_send(&c, &out), 0);
     for (int j = 0; j < 2; j++) {
         struct am_reply r;
-        cr_assert_eq(rconn_reply(&c, &r, IO_TIMEOUT_MS), 0);
+        cr_assert_eq(rconn_reply(&c, &r, RCONN_IO_MS), 0);
         cr_assert_eq(r.status, AM_ST_OK);
     }
     long long rss0 = proc_rss(w.nodes[0].pid);
@@ -666,7 +255,7 @@ Test(routing, a_stopped_peer_costs_bounded_memory_and_retryable_errors, .timeout
     for (int k = 1; k < 6; k++) {
         struct am_reply r;
         int64_t s = proc_now_ms();
-        encode_counter(&out, 100 + (uint64_t)k, stuck[k], "add", 1);
+        rconn_encode_counter(&out, 100 + (uint64_t)k, stuck[k], "add", 1);
         cr_assert_eq(rconn_send(&c, &out), 0);
         cr_assert_eq(rconn_reply(&c, &r, timeout_ms + 2000), 0, "no answer for %s", stuck[k]);
         cr_assert(r.status != AM_ST_OK && am_status_retryable(r.status),
@@ -675,9 +264,9 @@ Test(routing, a_stopped_peer_costs_bounded_memory_and_retryable_errors, .timeout
         if (proc_now_ms() - s > worst_stuck)
             worst_stuck = proc_now_ms() - s;
         s = proc_now_ms();
-        encode_counter(&out, 200 + (uint64_t)k, live[k], "add", 1);
+        rconn_encode_counter(&out, 200 + (uint64_t)k, live[k], "add", 1);
         cr_assert_eq(rconn_send(&c, &out), 0);
-        cr_assert_eq(rconn_reply(&c, &r, IO_TIMEOUT_MS), 0);
+        cr_assert_eq(rconn_reply(&c, &r, RCONN_IO_MS), 0);
         cr_assert_eq(r.status, AM_ST_OK, "a call to n1's actor answered %s",
                      am_status_name(r.status));
         if (proc_now_ms() - s > worst_live)
@@ -686,7 +275,7 @@ Test(routing, a_stopped_peer_costs_bounded_memory_and_retryable_errors, .timeout
     rw.stop = 1;
     pthread_join(th, NULL);
     int64_t stopped_for = proc_now_ms() - t0;
-    json_t *st = status_of(0);
+    json_t *st = cluster_status(&cluster, 0);
     cr_assert_eq(kill(w.nodes[2].pid, SIGCONT), 0);
     w.stopped = -1;
 
@@ -707,8 +296,8 @@ Test(routing, a_stopped_peer_costs_bounded_memory_and_retryable_errors, .timeout
     }
     cr_assert(ok > 0, "no call was answered during the stop");
     cr_assert(errs > 0, "no call to the stopped node failed");
-    uint64_t refused = stat_u64(st, "routing", "refused");
-    uint64_t timeouts = stat_u64(st, "routing", "timeouts");
+    uint64_t refused = cluster_stat(st, "routing", "refused");
+    uint64_t timeouts = cluster_stat(st, "routing", "timeouts");
     long long growth = rw.max - rss0;
     cr_log_info("stopped %lld ms: bench ok %lld, errors %lld (refused %llu, timeouts %llu); n0 "
                 "RSS %lld -> max %lld KiB; slowest stuck call %lld ms, slowest live call %lld ms",
@@ -735,7 +324,7 @@ Test(routing, a_stopped_peer_costs_bounded_memory_and_retryable_errors, .timeout
     am_buf_close(&out);
     am_ring_free(ring);
     for (int i = n - 1; i >= 0; i--)
-        node_stop_ok(i);
+        cluster_node_stop_ok(&cluster, i);
 }
 
 /* ---- 5: peer streams are for peers --------------------------------------- */
@@ -747,7 +336,7 @@ static void encode_forward(struct am_buf *b, uint64_t id, const char *actor)
     const uint8_t *body;
     size_t blen;
     am_buf_init(&call);
-    encode_counter(&call, id, actor, "add", 1);
+    rconn_encode_counter(&call, id, actor, "add", 1);
     cr_assert(am_frame_next(call.data, call.len, call.len, &body, &blen) > 0);
     cr_assert_eq(am_request_decode(&req, body, blen), 0);
     cr_assert_eq(am_encode_forward(b, id, &req, 1, 0), 0);
@@ -759,12 +348,12 @@ static int64_t counter_get(struct rconn *c, const char *actor)
     struct am_buf out;
     struct am_reply r;
     am_buf_init(&out);
-    encode_counter(&out, 77, actor, "get", 0);
+    rconn_encode_counter(&out, 77, actor, "get", 0);
     cr_assert_eq(rconn_send(c, &out), 0);
-    cr_assert_eq(rconn_reply(c, &r, IO_TIMEOUT_MS), 0);
+    cr_assert_eq(rconn_reply(c, &r, RCONN_IO_MS), 0);
     cr_assert_eq(r.status, AM_ST_OK);
     am_buf_close(&out);
-    return reply_int(&r);
+    return rconn_reply_int(&r);
 }
 
 Test(routing, a_malformed_peer_frame_closes_that_stream_only_and_clients_cannot_pose_as_peers,
@@ -784,12 +373,12 @@ Test(routing, a_malformed_peer_frame_closes_that_stream_only_and_clients_cannot_
     struct rconn via1;
     rconn_open(&via1, w.nodes[1].addr, NULL);
     rconn_hello(&via1, NULL, AM_ST_OK);
-    encode_counter(&b, 5, mine[0], "add", 1);
+    rconn_encode_counter(&b, 5, mine[0], "add", 1);
     cr_assert_eq(rconn_send(&via1, &b), 0);
-    cr_assert_eq(rconn_reply(&via1, &r, IO_TIMEOUT_MS), 0);
+    cr_assert_eq(rconn_reply(&via1, &r, RCONN_IO_MS), 0);
     cr_assert_eq(r.status, AM_ST_OK);
-    json_t *st = status_of(1);
-    uint64_t connects = stat_u64(st, "routing", "connects");
+    json_t *st = cluster_status(&cluster, 1);
+    uint64_t connects = cluster_stat(st, "routing", "connects");
     json_decref(st);
 
     /* A client that sends FORWARD: refused, closed, no effect. */
@@ -798,7 +387,7 @@ Test(routing, a_malformed_peer_frame_closes_that_stream_only_and_clients_cannot_
     rconn_hello(&cl, NULL, AM_ST_OK);
     encode_forward(&b, 9, mine[1]);
     cr_assert_eq(rconn_send(&cl, &b), 0);
-    cr_assert_eq(rconn_reply(&cl, &r, IO_TIMEOUT_MS), 0);
+    cr_assert_eq(rconn_reply(&cl, &r, RCONN_IO_MS), 0);
     cr_assert_eq(r.status, AM_ST_BAD_REQUEST);
     cr_assert(rconn_closed_by_node(&cl, 5000), "a client's FORWARD did not close its connection");
     rconn_close(&cl);
@@ -807,7 +396,7 @@ Test(routing, a_malformed_peer_frame_closes_that_stream_only_and_clients_cannot_
     rconn_hello(&cl, NULL, AM_ST_OK);
     cr_assert_eq(am_encode_handoff(&b, 10, "counter/x", 9, 1, 1, (const uint8_t *)"\x01", 1), 0);
     cr_assert_eq(rconn_send(&cl, &b), 0);
-    cr_assert_eq(rconn_reply(&cl, &r, IO_TIMEOUT_MS), 0);
+    cr_assert_eq(rconn_reply(&cl, &r, RCONN_IO_MS), 0);
     cr_assert_eq(r.status, AM_ST_BAD_REQUEST);
     cr_assert(rconn_closed_by_node(&cl, 5000), "a client's HANDOFF did not close its connection");
     rconn_close(&cl);
@@ -822,8 +411,8 @@ Test(routing, a_malformed_peer_frame_closes_that_stream_only_and_clients_cannot_
     rconn_hello(&cl, "intruder", AM_ST_BAD_REQUEST);
     cr_assert(rconn_closed_by_node(&cl, 5000));
     rconn_close(&cl);
-    st = status_of(0);
-    cr_assert_eq(stat_u64(st, "clients", "peers_refused"), 2);
+    st = cluster_status(&cluster, 0);
+    cr_assert_eq(cluster_stat(st, "clients", "peers_refused"), 2);
     json_decref(st);
 
     /* From n1's own address, a peer stream is taken: a FORWARD works (so the
@@ -833,7 +422,7 @@ Test(routing, a_malformed_peer_frame_closes_that_stream_only_and_clients_cannot_
     rconn_hello(&fake, "n1", AM_ST_OK);
     encode_forward(&b, 11, mine[1]);
     cr_assert_eq(rconn_send(&fake, &b), 0);
-    cr_assert_eq(rconn_reply(&fake, &r, IO_TIMEOUT_MS), 0);
+    cr_assert_eq(rconn_reply(&fake, &r, RCONN_IO_MS), 0);
     cr_assert_eq(r.status, AM_ST_OK);
     /* A HANDOFF of an actor the sender (n1) does not own: refused, the stream
      * stays open. */
@@ -842,7 +431,7 @@ Test(routing, a_malformed_peer_frame_closes_that_stream_only_and_clients_cannot_
     static const uint8_t state[] = {0x2a};
     cr_assert_eq(am_encode_handoff(&b, 12, key, strlen(key), 1, 1, state, 1), 0);
     cr_assert_eq(rconn_send(&fake, &b), 0);
-    cr_assert_eq(rconn_reply(&fake, &r, IO_TIMEOUT_MS), 0);
+    cr_assert_eq(rconn_reply(&fake, &r, RCONN_IO_MS), 0);
     cr_assert_eq(r.status, AM_ST_INVALID_ARG, "HANDOFF from a non-owner: %s",
                  am_status_name(r.status));
     static const uint8_t garbage[] = {0, 0, 0, 3, 0xc1, 0xc1, 0xc1};
@@ -856,47 +445,27 @@ Test(routing, a_malformed_peer_frame_closes_that_stream_only_and_clients_cannot_
     cr_assert_eq(counter_get(&via1, mine[0]), 1);
     /* 1: the peer stream's FORWARD counted, the client's did not */
     cr_assert_eq(counter_get(&via1, mine[1]), 1);
-    st = status_of(1);
-    cr_assert_eq(stat_u64(st, "routing", "connects"), connects);
-    cr_assert_eq(stat_u64(st, "routing", "stream_errors"), 0);
+    st = cluster_status(&cluster, 1);
+    cr_assert_eq(cluster_stat(st, "routing", "connects"), connects);
+    cr_assert_eq(cluster_stat(st, "routing", "stream_errors"), 0);
     json_decref(st);
     rconn_open(&cl, w.nodes[0].addr, NULL);
     rconn_hello(&cl, NULL, AM_ST_OK);
     cr_assert_eq(counter_get(&cl, far[0]), 0);
     rconn_close(&cl);
     rconn_close(&via1);
-    st = status_of(0);
-    cr_assert(stat_u64(st, "clients", "bad_frames") >= 3);
-    cr_assert_eq(stat_u64(st, "handoff", "refused"), 1);
-    cr_assert_eq(stat_u64(st, "handoff", "received"), 0);
+    st = cluster_status(&cluster, 0);
+    cr_assert(cluster_stat(st, "clients", "bad_frames") >= 3);
+    cr_assert_eq(cluster_stat(st, "handoff", "refused"), 1);
+    cr_assert_eq(cluster_stat(st, "handoff", "received"), 0);
     json_decref(st);
     am_buf_close(&b);
     am_ring_free(ring);
     for (int i = n - 1; i >= 0; i--)
-        node_stop_ok(i);
+        cluster_node_stop_ok(&cluster, i);
 }
 
 /* ---- while the view changes ----------------------------------------------- */
-
-struct bench_run {
-    const char *nodes;
-    int verify; /* --verify: counter/add, every value checked after the run */
-    struct proc_result r;
-    int rc;
-};
-
-static void *run_bench(void *arg)
-{
-    struct bench_run *b = arg;
-    const char *args[] = {"bench",      "--node",     b->nodes,
-                          "--actors",   "2000",       "--connections",
-                          "8",          "--pipeline", "8",
-                          "--duration", "12",         "--warmup",
-                          "0",          "--json",     b->verify ? "--verify" : NULL,
-                          NULL};
-    b->rc = proc_run(&b->r, 120000, args);
-    return NULL;
-}
 
 /* Under load through n0 and n2, n3 joins and n1 leaves: every call is
  * answered, every error is retryable (the views disagree for a moment:
@@ -909,14 +478,16 @@ Test(routing, a_join_and_a_leave_under_load_lose_no_acknowledged_add, .timeout =
     cluster_start(3, "3000");
     char nodes[80];
     snprintf(nodes, sizeof nodes, "%s,%s", w.nodes[0].addr, w.nodes[2].addr);
-    struct bench_run b = {.nodes = nodes, .verify = 1};
-    pthread_t th;
-    cr_assert_eq(pthread_create(&th, NULL, run_bench, &b), 0);
+    const char *args[] = {"bench", "--node",     nodes,      "--actors",   "2000", "--connections",
+                          "8",     "--pipeline", "8",        "--duration", "12",   "--warmup",
+                          "0",     "--json",     "--verify", NULL};
+    struct proc_bg b;
+    cr_assert_eq(proc_bg_start(&b, 120000, args), 0);
     proc_sleep_ms(3000);
     node_start(3, "3000");
     proc_sleep_ms(3000);
-    node_stop_ok(1);
-    pthread_join(th, NULL);
+    cluster_node_stop_ok(&cluster, 1);
+    proc_bg_join(&b);
     cr_assert_eq(b.rc, 0, "bench did not run");
     cr_assert_eq(b.r.code, 0, "bench exited %d: %s\n%s", b.r.code, b.r.err, b.r.out);
     cr_assert(strstr(b.r.out, "\"verify\""), "no verification in %s", b.r.out);
@@ -936,16 +507,16 @@ Test(routing, a_join_and_a_leave_under_load_lose_no_acknowledged_add, .timeout =
     cr_assert_eq(json_integer_value(json_object_get(bj, "lost_connections")), 0);
     /* The three that stay agree on a ring of three again. */
     const int alive[] = {0, 2, 3};
-    wait_one_ring(alive, 3);
+    cluster_wait_one_ring(&cluster, alive, 3);
     /* And each actor is active on one of them only, its owner: the actors
      * that n0 and n2 stopped owning when n3 joined were released. */
-    size_t total = wait_actors_on_owners(alive, 3);
+    size_t total = cluster_wait_actors_on_owners(&cluster, NULL, alive, 3);
     cr_assert(total > 0);
     json_decref(bj);
     proc_result_free(&b.r);
-    node_stop_ok(3);
-    node_stop_ok(2);
-    node_stop_ok(0);
+    cluster_node_stop_ok(&cluster, 3);
+    cluster_node_stop_ok(&cluster, 2);
+    cluster_node_stop_ok(&cluster, 0);
 }
 
 /* ---- a graceful leave hands the actors off -------------------------------- */
@@ -968,13 +539,14 @@ Test(routing, a_leaving_node_hands_its_actors_to_their_next_owners, .timeout = 2
     json_decref(a);
     cr_assert(owned > 300, "n1 runs only %lld actors", owned);
 
-    node_stop_ok(1);
+    cluster_node_stop_ok(&cluster, 1);
     uint64_t received = 0;
     for (int k = 0; k < 3; k++) {
-        json_t *st = status_of(stay[k]);
+        json_t *st = cluster_status(&cluster, stay[k]);
         /* A snapshot its receiver already held (as n1's replica) is not
          * stored again: "current". */
-        received += stat_u64(st, "handoff", "received") + stat_u64(st, "handoff", "current");
+        received +=
+            cluster_stat(st, "handoff", "received") + cluster_stat(st, "handoff", "current");
         json_decref(st);
     }
     char *log = proc_read_file(w.nodes[1].log, NULL);
@@ -987,7 +559,7 @@ Test(routing, a_leaving_node_hands_its_actors_to_their_next_owners, .timeout = 2
     cr_assert_eq(mismatches, 0, "%llu counters lost adds when n1 left",
                  (unsigned long long)mismatches);
     for (int k = 2; k >= 0; k--)
-        node_stop_ok(stay[k]);
+        cluster_node_stop_ok(&cluster, stay[k]);
 }
 
 /* n3 joins a cluster of three after 9,000 adds to 3,000 counters: every
@@ -1004,12 +576,12 @@ Test(routing, a_joining_node_takes_over_its_actors_with_their_state, .timeout = 
     srand(13);
     cr_assert_eq(add_random(three, 3, counters, 9000, acked), 0);
     node_start(3, "5000");
-    wait_one_ring(four, 4);
+    cluster_wait_one_ring(&cluster, four, 4);
     /* n3 waits for the others' HANDOFF_DONE before it serves what it took. */
     int64_t deadline = proc_now_ms() + 15000;
     for (;;) {
-        json_t *st = status_of(3);
-        uint64_t waiting = stat_u64(st, "handoff", "waiting");
+        json_t *st = cluster_status(&cluster, 3);
+        uint64_t waiting = cluster_stat(st, "handoff", "waiting");
         json_decref(st);
         if (waiting == 0)
             break;
@@ -1019,24 +591,24 @@ Test(routing, a_joining_node_takes_over_its_actors_with_their_state, .timeout = 
     }
     uint64_t sent = 0;
     for (int k = 0; k < 3; k++) {
-        json_t *st = status_of(k);
-        sent += stat_u64(st, "handoff", "sent");
-        cr_assert_eq(stat_u64(st, "handoff", "failed"), 0, "n%d failed to hand off", k);
+        json_t *st = cluster_status(&cluster, k);
+        sent += cluster_stat(st, "handoff", "sent");
+        cr_assert_eq(cluster_stat(st, "handoff", "failed"), 0, "n%d failed to hand off", k);
         json_decref(st);
     }
-    json_t *st = status_of(3);
-    uint64_t received = stat_u64(st, "handoff", "received");
-    cr_assert_eq(stat_u64(st, "handoff", "hold_expired"), 0);
+    json_t *st = cluster_status(&cluster, 3);
+    uint64_t received = cluster_stat(st, "handoff", "received");
+    cr_assert_eq(cluster_stat(st, "handoff", "hold_expired"), 0);
     json_decref(st);
     cr_assert_eq(received, sent);
     cr_assert(received > 300, "n3 took over only %llu actors", (unsigned long long)received);
     uint64_t mismatches = check_counters(four, 4, counters, acked);
     cr_assert_eq(mismatches, 0, "%llu counters lost adds when n3 joined",
                  (unsigned long long)mismatches);
-    size_t total = wait_actors_on_owners(four, 4);
+    size_t total = cluster_wait_actors_on_owners(&cluster, NULL, four, 4);
     cr_assert_eq(total, (size_t)counters);
     for (int k = 3; k >= 0; k--)
-        node_stop_ok(k);
+        cluster_node_stop_ok(&cluster, k);
 }
 
 /* ---- with a cluster key --------------------------------------------------- */
@@ -1071,12 +643,12 @@ Test(routing, with_a_cluster_key_calls_are_forwarded_over_sealed_peer_streams, .
     cr_assert_neq(r.code, 0);
     cr_assert(strstr(r.err, "cluster key"), "%s", r.err);
     proc_result_free(&r);
-    json_t *st = status_of(0);
-    cr_assert_eq(stat_u64(st, "routing", "forwarded"), 4);
-    cr_assert(stat_u64(st, "routing", "replies") >= 4); /* and HANDOFF_DONEs' */
-    cr_assert_eq(stat_u64(st, "routing", "streams"), 2);
+    json_t *st = cluster_status(&cluster, 0);
+    cr_assert_eq(cluster_stat(st, "routing", "forwarded"), 4);
+    cr_assert(cluster_stat(st, "routing", "replies") >= 4); /* and HANDOFF_DONEs' */
+    cr_assert_eq(cluster_stat(st, "routing", "streams"), 2);
     json_decref(st);
     am_ring_free(ring);
     for (int i = n - 1; i >= 0; i--)
-        node_stop_ok(i);
+        cluster_node_stop_ok(&cluster, i);
 }

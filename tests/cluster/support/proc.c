@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -212,6 +213,37 @@ static int parse_addr(const char *hostport, struct sockaddr_in *sa)
     sa->sin_family = AF_INET;
     sa->sin_port = htons((uint16_t)strtoul(colon + 1, NULL, 10));
     return inet_pton(AF_INET, host, &sa->sin_addr) == 1 ? 0 : -EINVAL;
+}
+
+int proc_tcp_connect(const char *addr, const char *src_ip)
+{
+    struct sockaddr_in sa, src;
+    if (parse_addr(addr, &sa))
+        return -EINVAL;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (src_ip) {
+        memset(&src, 0, sizeof src);
+        src.sin_family = AF_INET;
+        if (inet_pton(AF_INET, src_ip, &src.sin_addr) != 1) {
+            close(fd);
+            return -EINVAL;
+        }
+        if (bind(fd, (struct sockaddr *)&src, sizeof src)) {
+            int e = errno;
+            close(fd);
+            return -e;
+        }
+    }
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
 }
 
 int proc_node_wait_ready(struct proc_node *n, int timeout_ms, char *why, size_t whylen)
@@ -560,6 +592,39 @@ int proc_runl(struct proc_result *r, int timeout_ms, const char *arg0, ...)
         return rc;
     }
     return proc_run(r, timeout_ms, args);
+}
+
+static void *bg_main(void *arg)
+{
+    struct proc_bg *b = arg;
+    b->rc = proc_run(&b->r, b->timeout_ms, b->args);
+    return NULL;
+}
+
+int proc_bg_start(struct proc_bg *b, int timeout_ms, const char *const *args)
+{
+    size_t n = 0;
+    memset(b, 0, sizeof *b);
+    for (; args[n]; n++) {
+        if (n == PROC_BG_MAX_ARGS)
+            return -E2BIG;
+        b->args[n] = args[n];
+    }
+    b->args[n] = NULL;
+    b->timeout_ms = timeout_ms;
+    int rc = pthread_create(&b->th, NULL, bg_main, b);
+    if (rc)
+        return -rc;
+    b->running = 1;
+    return 0;
+}
+
+void proc_bg_join(struct proc_bg *b)
+{
+    if (!b->running)
+        return;
+    pthread_join(b->th, NULL);
+    b->running = 0;
 }
 
 void proc_result_free(struct proc_result *r)

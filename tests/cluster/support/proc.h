@@ -5,8 +5,9 @@
  * through the `amesh` CLI, and stops it.
  * These helpers own the mechanics: temporary directories, starting a node
  * with its output in a log file, waiting for its port, stopping or killing
- * it with bounded waits, reading its RSS, and running one CLI command with
- * its output captured.
+ * it with bounded waits, reading its RSS, running one CLI command with its
+ * output captured (at once or on a thread of its own), and opening a TCP
+ * connection to a node.
  *
  * Nothing here asserts: every function returns a code (0 or a negative
  * errno) and, where a test wants to say why, fills a message buffer. The
@@ -22,6 +23,7 @@
 #define AM_TEST_PROC_H
 
 #include <limits.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -140,6 +142,29 @@ int proc_run(struct proc_result *r, int timeout_ms, const char *const *args);
  * "--node", addr, ..., (char *)NULL). */
 int proc_runl(struct proc_result *r, int timeout_ms, const char *arg0, ...);
 
+/* proc_run on a thread of its own, for a load (`amesh bench`) that runs
+ * while the test does something else. */
+#define PROC_BG_MAX_ARGS 48
+struct proc_bg {
+    const char *args[PROC_BG_MAX_ARGS + 1]; /* copied pointers; the strings
+                                               are borrowed and must live
+                                               until proc_bg_join */
+    int timeout_ms;
+    struct proc_result r; /* proc_run's result, after proc_bg_join */
+    int rc;               /* proc_run's return, after proc_bg_join */
+    pthread_t th;
+    int running; /* started and not joined yet */
+};
+
+/* Starts proc_run(&b->r, timeout_ms, args) on a new thread. Returns 0, or
+ * -E2BIG (too many arguments) or a negated errno of pthread_create; then
+ * nothing runs and proc_bg_join does nothing. */
+int proc_bg_start(struct proc_bg *b, int timeout_ms, const char *const *args);
+
+/* Waits for the command started by proc_bg_start to end (b->r and b->rc
+ * are then set). Joining again, or a b that never started, does nothing. */
+void proc_bg_join(struct proc_bg *b);
+
 void proc_result_free(struct proc_result *r);
 
 /* Finds the executable `name` (no slash) in PATH, then in /usr/sbin, /sbin,
@@ -155,6 +180,13 @@ int proc_exec(struct proc_result *r, int timeout_ms, const char *const *argv);
 
 /* proc_exec with the arguments given inline, ending with (char *)NULL. */
 int proc_execl(struct proc_result *r, int timeout_ms, const char *arg0, ...);
+
+/* ---- sockets --------------------------------------------------------------- */
+
+/* A TCP connection to HOST:PORT (IPv4), from the local address src_ip when
+ * not NULL, with TCP_NODELAY and close-on-exec. Returns the socket, or a
+ * negated errno (-EINVAL for an address that is not IPv4 HOST:PORT). */
+int proc_tcp_connect(const char *addr, const char *src_ip);
 
 /* ---- time ------------------------------------------------------------------ */
 
