@@ -102,6 +102,7 @@ struct actor {
     uint16_t key_len, type_len;
     uint8_t dirty, in_dirty, running;
     uint8_t fenced; /* a newer copy exists elsewhere: refuses messages, freed once quiet */
+    uint8_t type_idx; /* its type's row in rt->types */
     uint8_t shutdown_failures;
     char key[]; /* "type/id", NUL-terminated */
 };
@@ -139,6 +140,10 @@ struct am_runtime {
     int handles_open;
     struct am_out out;
     struct pool msgs, blobs, writes;
+    /* Messages completed per actor type, in the order types were first
+     * activated; types past the table's end share its last row. */
+    struct am_runtime_type_stats types[AM_RUNTIME_MAX_TYPES];
+    size_t ntypes;
     struct am_runtime_stats st;
     uint64_t inflight_writes;
     int shutting;
@@ -350,10 +355,14 @@ static void msg_finish(struct am_runtime *rt, struct actor *act, struct msg *m)
 {
     if (m->cb)
         m->cb(m->ctx, m->req_id, m->status, m->body ? m->body : &mp_nil, m->body ? m->body_len : 1);
+    struct am_runtime_type_stats *ts = &rt->types[act->type_idx];
+    rt->st.queued--;
     if (m->status == AM_ST_OK) {
         rt->st.ok++;
+        ts->ok++;
     } else {
         rt->st.errors++;
+        ts->errors++;
         if (!m->cb)
             am_log_debug("cast to %s failed: %s", act->key, am_status_name(m->status));
     }
@@ -707,6 +716,18 @@ static int evict_one(struct am_runtime *rt)
     return 0;
 }
 
+/* The row of rt->types that counts type (added on first use). */
+static uint8_t type_row(struct am_runtime *rt, const struct am_actor_type *type)
+{
+    for (size_t i = 0; i < rt->ntypes; i++)
+        if (rt->types[i].type == type)
+            return (uint8_t)i;
+    if (rt->ntypes == AM_RUNTIME_MAX_TYPES)
+        return AM_RUNTIME_MAX_TYPES - 1;
+    rt->types[rt->ntypes].type = type;
+    return (uint8_t)rt->ntypes++;
+}
+
 static int activate(struct am_runtime *rt, const struct am_actor_type *type, const char *key,
                     size_t key_len, size_t type_len, uint64_t h, struct actor **out, char *err,
                     size_t errlen)
@@ -741,6 +762,7 @@ static int activate(struct am_runtime *rt, const struct am_actor_type *type, con
     a->key_len = (uint16_t)key_len;
     a->type_len = (uint16_t)type_len;
     a->type = type;
+    a->type_idx = type_row(rt, type);
     a->hash = h;
     a->state = b;
     a->committed = blob_ref(b);
@@ -866,6 +888,7 @@ int am_runtime_submit(struct am_runtime *rt, uint64_t req_id, const char *type, 
     memcpy(m->bytes + action_len, payload, payload_len);
     mq_push(&act->mailbox, m);
     act->pending++;
+    rt->st.queued++;
     act->last_used = uv_now(rt->loop);
     lru_unlink(rt, act);
     lru_push_front(rt, act);
@@ -925,6 +948,13 @@ int am_runtime_new(struct am_runtime **out, uv_loop_t *loop, struct am_store *st
 void am_runtime_get_stats(const struct am_runtime *rt, struct am_runtime_stats *st)
 {
     *st = rt->st;
+}
+
+size_t am_runtime_get_type_stats(const struct am_runtime *rt,
+                                  const struct am_runtime_type_stats **out)
+{
+    *out = rt->types;
+    return rt->ntypes;
 }
 
 void am_runtime_set_replicator(struct am_runtime *rt, const struct am_replicator *r)

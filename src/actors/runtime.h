@@ -47,6 +47,14 @@ struct am_runtime_stats {
     uint64_t waiting;       /* replies held for a commit now */
     uint64_t lost;          /* interval mode: unsaved states given up at shutdown */
     uint64_t fenced;        /* actors dropped because a newer copy exists elsewhere */
+    uint64_t queued;        /* messages accepted into mailboxes and not completed, now */
+};
+
+/* Messages completed per actor type. */
+#define AM_RUNTIME_MAX_TYPES 64
+struct am_runtime_type_stats {
+    const struct am_actor_type *type; /* its name: type->name */
+    uint64_t ok, errors;
 };
 
 struct am_runtime;
@@ -74,6 +82,12 @@ int am_runtime_submit(struct am_runtime *rt, uint64_t req_id, const char *type, 
                       char *err, size_t errlen);
 
 void am_runtime_get_stats(const struct am_runtime *rt, struct am_runtime_stats *st);
+
+/* The per-type rows (*out, valid until the runtime is freed) and how many:
+ * one per type activated so far, at most AM_RUNTIME_MAX_TYPES (later types
+ * are counted in the last row). */
+size_t am_runtime_get_type_stats(const struct am_runtime *rt,
+                                  const struct am_runtime_type_stats **out);
 
 /* Deactivates every active actor for which keep(arg, key, len) returns 0:
  * at once when it has no message or write pending, else its state write is

@@ -47,6 +47,8 @@ static const struct row rows[] = {
     {"actors", "write_errors", "actors_write_errors_total", COUNTER, 0,
      "Snapshot writes that failed."},
     {"actors", "waiting", "actors_waiting_replies", GAUGE, 0, "Replies held for a commit now."},
+    {"actors", "queued", "actors_queued_messages", GAUGE, 0,
+     "Messages in actors' mailboxes (accepted, not completed) now."},
     {"actors", "lost", "actors_lost_total", COUNTER, 0,
      "Interval mode: unsaved states given up at shutdown."},
     {"actors", "fenced", "actors_fenced_total", COUNTER, 0,
@@ -196,7 +198,7 @@ static const struct row rows[] = {
 
 /* ---- STATUS, flattened ----------------------------------------------------- */
 
-#define MAX_ENTRIES 256
+#define MAX_ENTRIES 512
 
 struct entry {
     const char *section, *key, *str; /* into the msgpack bytes; str for str values */
@@ -332,12 +334,68 @@ static int render_info(struct am_buf *out, const struct flat *f)
     return rc ? -ENOMEM : 0;
 }
 
+/* amesh_store_commit_batch_writes: a histogram of the writes per LMDB
+ * transaction, from the store's batch_le_N counts. */
+static int render_batches(struct am_buf *out, const struct flat *f)
+{
+    static const char *const le[] = {"1", "4", "16", "64", "256", "1024", "4096", "inf"};
+    const struct entry *writes = find(f, "store", "writes");
+    uint64_t cum = 0;
+    int rc = 0, any = 0;
+    for (size_t i = 0; i < sizeof le / sizeof le[0] && !rc; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "batch_le_%s", le[i]);
+        const struct entry *e = find(f, "store", key);
+        if (!e || e->is_str)
+            return 0; /* an older node: no histogram */
+        if (!any++)
+            rc = family(out, "store_commit_batch_writes", "histogram",
+                        "Writes committed per LMDB transaction (group commit).");
+        cum += e->u;
+        if (!rc)
+            rc = put(out, "amesh_store_commit_batch_writes_bucket{le=\"%s\"} %" PRIu64 "\n",
+                     strcmp(le[i], "inf") ? le[i] : "+Inf", cum);
+    }
+    if (!rc)
+        rc = put(out, "amesh_store_commit_batch_writes_sum %" PRIu64 "\n",
+                 writes && !writes->is_str ? writes->u : 0) ||
+             put(out, "amesh_store_commit_batch_writes_count %" PRIu64 "\n", cum);
+    return rc ? -ENOMEM : 0;
+}
+
+/* amesh_actor_messages_total{type,result}: from actor_types "TYPE.ok" and
+ * "TYPE.errors". */
+static int render_types(struct am_buf *out, const struct flat *f)
+{
+    int any = 0;
+    for (size_t i = 0; i < f->n; i++) {
+        const struct entry *e = &f->e[i];
+        if (e->is_str || e->section_len != 11 || memcmp(e->section, "actor_types", 11) != 0)
+            continue;
+        const char *dot = NULL;
+        for (uint32_t j = 0; j < e->key_len; j++)
+            if (e->key[j] == '.')
+                dot = e->key + j;
+        if (!dot)
+            continue;
+        if (!any++ && family(out, "actor_messages_total", "counter",
+                             "Messages completed, by actor type and result (ok or error)."))
+            return -ENOMEM;
+        int ok = (size_t)(e->key + e->key_len - dot - 1) == 2 && memcmp(dot + 1, "ok", 2) == 0;
+        if (put(out, "amesh_actor_messages_total{type=\"") ||
+            label_value(out, e->key, (size_t)(dot - e->key)) ||
+            put(out, "\",result=\"%s\"} %" PRIu64 "\n", ok ? "ok" : "error", e->u))
+            return -ENOMEM;
+    }
+    return 0;
+}
+
 static int render_status(struct am_buf *out, const uint8_t *status, size_t len)
 {
-    struct flat f; /* 256 entries of 56 bytes: the stack is fine */
+    struct flat f; /* 512 entries of 56 bytes: the stack is fine */
     if (flatten(&f, status, len))
         return 0; /* not a STATUS map: nothing of it */
-    if (render_info(out, &f))
+    if (render_info(out, &f) || render_batches(out, &f) || render_types(out, &f))
         return -ENOMEM;
     for (size_t i = 0; i < NROWS; i++) {
         const struct row *r = &rows[i];

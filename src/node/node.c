@@ -126,6 +126,43 @@ static void ring_version_hex(const struct node *n, char out[17])
     snprintf(out, 17, "%016llx", (unsigned long long)(n->ring ? am_ring_version(n->ring) : 0));
 }
 
+/* "batch_le_N": transactions of at most N writes (and more than the
+ * previous bucket's N); "batch_le_inf": the rest. */
+static int pack_batches(msgpack_packer *pk, const struct am_store_stats *ss)
+{
+    for (int i = 0; i < AM_STORE_BATCH_BUCKETS; i++) {
+        char k[32];
+        if (am_store_batch_le[i])
+            snprintf(k, sizeof k, "batch_le_%u", am_store_batch_le[i]);
+        else
+            snprintf(k, sizeof k, "batch_le_inf");
+        if (pack_kv_u64(pk, k, ss->batches[i]))
+            return -1;
+    }
+    return 0;
+}
+
+/* "actor_types": {"TYPE.ok": n, "TYPE.errors": n, ...}: messages completed
+ * per actor type (the first of the status map's 16 keys). */
+static int pack_types(struct node *n, msgpack_packer *pk)
+{
+    const struct am_runtime_type_stats *t;
+    size_t k = am_runtime_get_type_stats(n->rt, &t);
+    if (msgpack_pack_map(pk, 16) || am_mp_pack_str(pk, "actor_types", 11) ||
+        msgpack_pack_map(pk, (uint32_t)(2 * k)))
+        return -1;
+    for (size_t i = 0; i < k; i++) {
+        char key[96];
+        snprintf(key, sizeof key, "%s.ok", t[i].type->name);
+        if (pack_kv_u64(pk, key, t[i].ok))
+            return -1;
+        snprintf(key, sizeof key, "%s.errors", t[i].type->name);
+        if (pack_kv_u64(pk, key, t[i].errors))
+            return -1;
+    }
+    return 0;
+}
+
 static int pack_status(void *arg, msgpack_packer *pk)
 {
     struct node *n = arg;
@@ -157,13 +194,17 @@ static int pack_status(void *arg, msgpack_packer *pk)
     }
     struct am_peers_stats ps;
     am_peers_get_stats(n->peers, &ps);
-    return msgpack_pack_map(pk, 15) || pack_kv_str(pk, "node", n->cfg.name) ||
+    /* The map's header and its first key, actor_types, then the rest. */
+    if (pack_types(n, pk))
+        return -ENOMEM;
+    return pack_kv_str(pk, "node", n->cfg.name) ||
            pack_kv_str(pk, "version", AM_VERSION_STRING) ||
            pack_kv_u64(pk, "pid", (uint64_t)getpid()) ||
            pack_kv_u64(pk, "uptime_ms", uv_now(&n->loop) - n->started_ms) ||
            pack_kv_str(pk, "sync", sync) || pack_kv_u64(pk, "incarnation", meta.incarnation) ||
            pack_kv_str(pk, "data", n->cfg.data) || am_mp_pack_str(pk, "actors", 6) ||
-           msgpack_pack_map(pk, 13) || pack_kv_u64(pk, "active", rs.active) ||
+           msgpack_pack_map(pk, 14) || pack_kv_u64(pk, "active", rs.active) ||
+           pack_kv_u64(pk, "queued", rs.queued) ||
            pack_kv_u64(pk, "activations", rs.activations) ||
            pack_kv_u64(pk, "deactivations", rs.deactivations) ||
            pack_kv_u64(pk, "calls", rs.calls) || pack_kv_u64(pk, "casts", rs.casts) ||
@@ -172,7 +213,8 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "write_errors", rs.write_errors) ||
            pack_kv_u64(pk, "waiting", rs.waiting) || pack_kv_u64(pk, "lost", rs.lost) ||
            pack_kv_u64(pk, "fenced", rs.fenced) ||
-           am_mp_pack_str(pk, "store", 5) || msgpack_pack_map(pk, 7) ||
+           am_mp_pack_str(pk, "store", 5) || msgpack_pack_map(pk, 7 + AM_STORE_BATCH_BUCKETS) ||
+           pack_batches(pk, &ss) ||
            pack_kv_u64(pk, "records", ss.records) || pack_kv_u64(pk, "writes", ss.writes) ||
            pack_kv_u64(pk, "commits", ss.commits) || pack_kv_u64(pk, "max_batch", ss.max_batch) ||
            pack_kv_u64(pk, "failed", ss.failed) || pack_kv_u64(pk, "map_size", ss.map_size) ||

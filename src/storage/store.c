@@ -106,6 +106,8 @@ _Static_assert(REC_OFF_SEQ + 8 == REC_OFF_SUM, "seq precedes the checksum");
 
 #define NAME_MAX_LEN 255 /* struct am_store_meta.name, less the NUL */
 
+const unsigned am_store_batch_le[AM_STORE_BATCH_BUCKETS] = {1, 4, 16, 64, 256, 1024, 4096, 0};
+
 /* ---- the store ------------------------------------------------------------ */
 
 /* A key whose write failed at fail generation `gen`. Writes of that key
@@ -759,6 +761,10 @@ static int commit_batch(struct am_store *s, struct am_store_write *head, unsigne
                 s->wstats.records = ms.ms_entries;
                 if (n > s->wstats.max_batch)
                     s->wstats.max_batch = n;
+                unsigned b = 0;
+                while (b + 1 < AM_STORE_BATCH_BUCKETS && n > am_store_batch_le[b])
+                    b++;
+                s->wstats.batches[b]++;
                 return 0;
             }
             if (rc != MDB_MAP_FULL)

@@ -46,6 +46,7 @@
 #include <uv.h>
 
 #define AM_STORE_FORMAT 1
+#define AM_STORE_BATCH_BUCKETS 8
 
 struct am_store;
 
@@ -104,7 +105,13 @@ struct am_store_stats {
     uint64_t map_size;      /* current map size in bytes */
     uint64_t records;       /* snapshot records now stored */
     uint64_t pending;       /* writes submitted and not yet called back */
+    /* Transactions by number of writes: batches[i] counts those with more
+     * than am_store_batch_le[i-1] and at most am_store_batch_le[i] writes
+     * (the last: more than 4096, only with a larger max_batch). */
+    uint64_t batches[AM_STORE_BATCH_BUCKETS];
 };
+
+extern const unsigned am_store_batch_le[AM_STORE_BATCH_BUCKETS];
 
 struct am_store_meta {
     char name[256];
