@@ -57,6 +57,7 @@ struct msg {
     am_reply_fn cb;
     void *ctx;
     uint64_t req_id;
+    uint64_t t0; /* uv_hrtime() when accepted */
     uint8_t *body; /* held reply or error text (msgpack): owned, or `small` */
     uint32_t body_len;
     uint8_t small[16]; /* a short reply (a counter's value) needs no allocation */
@@ -144,6 +145,7 @@ struct am_runtime {
      * activated; types past the table's end share its last row. */
     struct am_runtime_type_stats types[AM_RUNTIME_MAX_TYPES];
     size_t ntypes;
+    struct am_runtime_latency lat;
     struct am_runtime_stats st;
     uint64_t inflight_writes;
     int shutting;
@@ -357,6 +359,12 @@ static void msg_finish(struct am_runtime *rt, struct actor *act, struct msg *m)
         m->cb(m->ctx, m->req_id, m->status, m->body ? m->body : &mp_nil, m->body ? m->body_len : 1);
     struct am_runtime_type_stats *ts = &rt->types[act->type_idx];
     rt->st.queued--;
+    uint64_t us = (uv_hrtime() - m->t0) / 1000;
+    unsigned b = 0;
+    while (b + 1 < AM_RUNTIME_LATENCY_BUCKETS && us > am_runtime_latency_le_us[b])
+        b++;
+    rt->lat.count[b]++;
+    rt->lat.sum_us += us;
     if (m->status == AM_ST_OK) {
         rt->st.ok++;
         ts->ok++;
@@ -882,6 +890,7 @@ int am_runtime_submit(struct am_runtime *rt, uint64_t req_id, const char *type, 
     m->cb = cb;
     m->ctx = ctx;
     m->req_id = req_id;
+    m->t0 = uv_hrtime();
     m->action_len = (uint32_t)action_len;
     m->payload_len = (uint32_t)payload_len;
     memcpy(m->bytes, action, action_len);
@@ -948,6 +957,15 @@ int am_runtime_new(struct am_runtime **out, uv_loop_t *loop, struct am_store *st
 void am_runtime_get_stats(const struct am_runtime *rt, struct am_runtime_stats *st)
 {
     *st = rt->st;
+}
+
+const uint64_t am_runtime_latency_le_us[AM_RUNTIME_LATENCY_BUCKETS] = {
+    500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
+    1000000, 2500000, 5000000, 10000000, UINT64_MAX};
+
+void am_runtime_get_latency(const struct am_runtime *rt, struct am_runtime_latency *out)
+{
+    *out = rt->lat;
 }
 
 size_t am_runtime_get_type_stats(const struct am_runtime *rt,

@@ -83,6 +83,18 @@ int am_runtime_submit(struct am_runtime *rt, uint64_t req_id, const char *type, 
 
 void am_runtime_get_stats(const struct am_runtime *rt, struct am_runtime_stats *st);
 
+/* How long messages took from acceptance into a mailbox to their answer
+ * (durable mode: the commit included): count[i] messages took more than
+ * am_runtime_latency_le_us[i-1] and at most am_runtime_latency_le_us[i]
+ * microseconds (the last bucket: the rest). */
+#define AM_RUNTIME_LATENCY_BUCKETS 15
+extern const uint64_t am_runtime_latency_le_us[AM_RUNTIME_LATENCY_BUCKETS];
+struct am_runtime_latency {
+    uint64_t count[AM_RUNTIME_LATENCY_BUCKETS];
+    uint64_t sum_us;
+};
+void am_runtime_get_latency(const struct am_runtime *rt, struct am_runtime_latency *out);
+
 /* The per-type rows (*out, valid until the runtime is freed) and how many:
  * one per type activated so far, at most AM_RUNTIME_MAX_TYPES (later types
  * are counted in the last row). */

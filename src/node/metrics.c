@@ -14,6 +14,7 @@
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { GAUGE, COUNTER };
@@ -363,6 +364,40 @@ static int render_batches(struct am_buf *out, const struct flat *f)
     return rc ? -ENOMEM : 0;
 }
 
+/* amesh_actor_message_duration_seconds: a histogram of the time from a
+ * message's acceptance to its answer, from actor_latency le_US counts. */
+static int render_latency(struct am_buf *out, const struct flat *f)
+{
+    uint64_t cum = 0;
+    int any = 0;
+    for (size_t i = 0; i < f->n; i++) {
+        const struct entry *e = &f->e[i];
+        if (e->is_str || e->section_len != 13 || memcmp(e->section, "actor_latency", 13) != 0 ||
+            e->key_len < 4 || memcmp(e->key, "le_", 3) != 0)
+            continue;
+        if (!any++ && family(out, "actor_message_duration_seconds", "histogram",
+                             "Time from a message's acceptance into a mailbox to its answer "
+                             "(durable: the commit and the replicas included)."))
+            return -ENOMEM;
+        cum += e->u;
+        int inf = e->key_len == 6 && memcmp(e->key, "le_inf", 6) == 0;
+        char le[32];
+        if (inf)
+            snprintf(le, sizeof le, "+Inf");
+        else
+            snprintf(le, sizeof le, "%g", strtod(e->key + 3, NULL) / 1e6);
+        if (put(out, "amesh_actor_message_duration_seconds_bucket{le=\"%s\"} %" PRIu64 "\n", le,
+                cum))
+            return -ENOMEM;
+    }
+    const struct entry *sum = find(f, "actor_latency", "sum_us");
+    if (any && (put(out, "amesh_actor_message_duration_seconds_sum %.6f\n",
+                    sum && !sum->is_str ? (double)sum->u / 1e6 : 0.0) ||
+                put(out, "amesh_actor_message_duration_seconds_count %" PRIu64 "\n", cum)))
+        return -ENOMEM;
+    return 0;
+}
+
 /* amesh_actor_messages_total{type,result}: from actor_types "TYPE.ok" and
  * "TYPE.errors". */
 static int render_types(struct am_buf *out, const struct flat *f)
@@ -395,7 +430,8 @@ static int render_status(struct am_buf *out, const uint8_t *status, size_t len)
     struct flat f; /* 512 entries of 56 bytes: the stack is fine */
     if (flatten(&f, status, len))
         return 0; /* not a STATUS map: nothing of it */
-    if (render_info(out, &f) || render_batches(out, &f) || render_types(out, &f))
+    if (render_info(out, &f) || render_batches(out, &f) || render_types(out, &f) ||
+        render_latency(out, &f))
         return -ENOMEM;
     for (size_t i = 0; i < NROWS; i++) {
         const struct row *r = &rows[i];

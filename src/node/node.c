@@ -142,13 +142,35 @@ static int pack_batches(msgpack_packer *pk, const struct am_store_stats *ss)
     return 0;
 }
 
+/* "actor_latency": {"le_US": n, ..., "le_inf": n, "sum_us": n}: messages
+ * by time from acceptance to answer (the runtime's buckets, in us). */
+static int pack_latency(struct node *n, msgpack_packer *pk)
+{
+    struct am_runtime_latency l;
+    am_runtime_get_latency(n->rt, &l);
+    if (am_mp_pack_str(pk, "actor_latency", 13) ||
+        msgpack_pack_map(pk, AM_RUNTIME_LATENCY_BUCKETS + 1))
+        return -1;
+    for (int i = 0; i < AM_RUNTIME_LATENCY_BUCKETS; i++) {
+        char k[32];
+        if (am_runtime_latency_le_us[i] == UINT64_MAX)
+            snprintf(k, sizeof k, "le_inf");
+        else
+            snprintf(k, sizeof k, "le_%llu", (unsigned long long)am_runtime_latency_le_us[i]);
+        if (pack_kv_u64(pk, k, l.count[i]))
+            return -1;
+    }
+    return pack_kv_u64(pk, "sum_us", l.sum_us);
+}
+
 /* "actor_types": {"TYPE.ok": n, "TYPE.errors": n, ...}: messages completed
- * per actor type (the first of the status map's 16 keys). */
+ * per actor type (with actor_latency, the first of the status map's 17
+ * keys). */
 static int pack_types(struct node *n, msgpack_packer *pk)
 {
     const struct am_runtime_type_stats *t;
     size_t k = am_runtime_get_type_stats(n->rt, &t);
-    if (msgpack_pack_map(pk, 16) || am_mp_pack_str(pk, "actor_types", 11) ||
+    if (msgpack_pack_map(pk, 17) || pack_latency(n, pk) || am_mp_pack_str(pk, "actor_types", 11) ||
         msgpack_pack_map(pk, (uint32_t)(2 * k)))
         return -1;
     for (size_t i = 0; i < k; i++) {

@@ -638,6 +638,7 @@ Test(http, calls_through_any_node_and_each_error_status_over_http, .timeout = 12
             {"amesh_actors_calls_total", 10},
             {"amesh_actors_ok_total", 10},
             {"amesh_actor_messages_total{type=\"counter\",result=\"ok\"}", 10},
+            {"amesh_actor_message_duration_seconds_count", 10},
             {"amesh_http_requests_total{code=\"429\"}", 0},
             {"amesh_routing_forwarded_total", 0},
         };
