@@ -1451,6 +1451,7 @@ static int start(struct node *n, char *err, size_t errlen)
     struct am_server_opts vo = {
         .node_name = c->name,
         .max_frame = c->max_payload + 4096,
+        .max_peer_frame = (c->max_state > c->max_payload ? c->max_state : c->max_payload) + 4096,
         .max_connections = c->max_connections,
         .max_inflight = c->max_inflight,
         .key = n->keyed ? n->key : NULL,

@@ -438,7 +438,8 @@ static void process_input(struct conn *c)
         }
         const uint8_t *body;
         size_t blen;
-        long n = am_frame_next(c->in.data + off, c->in.len - off, s->o.max_frame, &body, &blen);
+        size_t limit = c->peer ? s->o.max_peer_frame : s->o.max_frame;
+        long n = am_frame_next(c->in.data + off, c->in.len - off, limit, &body, &blen);
         if (n == 0)
             break;
         if (n < 0) {
@@ -447,7 +448,7 @@ static void process_input(struct conn *c)
             if (c->peer)
                 am_log_warn("closed a peer stream after an oversized frame");
             snprintf(msg, sizeof msg, "frame of %u bytes exceeds the limit of %zu bytes",
-                     am_be32_get(c->in.data + off), s->o.max_frame);
+                     am_be32_get(c->in.data + off), limit);
             send_error(c, 0, AM_ST_TOO_LARGE, msg);
             c->close_after_write = 1; /* the stream cannot be resynchronised */
             off = c->in.len;
@@ -732,6 +733,8 @@ int am_server_start(struct am_server **out, uv_loop_t *loop, const struct sockad
     s->loop = loop;
     s->rt = rt;
     s->o = *o;
+    if (s->o.max_peer_frame < s->o.max_frame)
+        s->o.max_peer_frame = s->o.max_frame;
     s->out_limit = 2 * o->max_frame > OUT_LIMIT_MIN ? 2 * o->max_frame : OUT_LIMIT_MIN;
     s->hooks = *hooks;
     if (o->key) {

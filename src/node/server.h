@@ -24,6 +24,8 @@ struct am_server_opts {
     const char *node_name; /* borrowed for the server's lifetime */
     const uint8_t *key;    /* 32-byte cluster key (seal.h) or NULL; copied */
     size_t max_frame;      /* largest request frame body */
+    size_t max_peer_frame; /* on a peer stream (HANDOFF and REPLICATE carry whole
+                            * states); 0: max_frame */
     unsigned max_connections;
     unsigned max_inflight; /* per connection */
 };

@@ -652,3 +652,68 @@ Test(routing, with_a_cluster_key_calls_are_forwarded_over_sealed_peer_streams, .
     for (int i = n - 1; i >= 0; i--)
         cluster_node_stop_ok(&cluster, i);
 }
+
+/* ---- states larger than a payload ------------------------------------------ */
+
+/* A peer stream carries whole states (HANDOFF, REPLICATE) up to --max-state:
+ * its frames may be larger than a client's (--max-payload). The grow type
+ * appends each payload to its state: 40 payloads of 60,000 bytes make a
+ * state of 2.4 MB under a 64 KiB payload limit. Every write reaches the
+ * replica (none unreplicated, no frame refused), and after a kill -9 of the
+ * owner the replica continues from the whole state. */
+Test(routing, a_state_larger_than_a_payload_is_replicated_and_survives_its_owner, .timeout = 120)
+{
+    const int n = 3, all[] = {0, 1, 2};
+    for (int i = 0; i < n; i++) {
+        cluster_node_init(&cluster, i, "127.0.7");
+        const char *extra[] = {"--actors", AMESH_GROW_LIB, "--max-payload", "64k", NULL};
+        cluster_node_start(&cluster, i, i ? 0 : -1, extra);
+    }
+    cluster_wait_one_ring(&cluster, all, n);
+    cluster_wait_no_handoffs(&cluster, all, n);
+    static char chunk[60003];
+    chunk[0] = '"';
+    memset(chunk + 1, 'x', 60000);
+    chunk[60001] = '"';
+    struct proc_result r;
+    uint64_t want = 0;
+    for (int k = 0; k < 40; k++) {
+        int rc = proc_runl(&r, 20000, "call", "--node", w.nodes[k % n].addr, "grow", "g", "put",
+                           chunk, (char *)NULL);
+        cr_assert_eq(rc, 0);
+        cr_assert_eq(r.code, 0, "append %d: %s%s", k, r.out, r.err);
+        want += 60003; /* the payload: a str 16, 3 header bytes and 60,000 */
+        cr_assert_eq(strtoull(r.out, NULL, 10), want, "append %d: %s", k, r.out);
+        proc_result_free(&r);
+    }
+    uint64_t acked = 0, unreplicated = 0, bad = 0;
+    for (int i = 0; i < n; i++) {
+        json_t *st = cluster_status(&cluster, i);
+        acked += cluster_stat(st, "replication", "acked");
+        unreplicated += cluster_stat(st, "replication", "unreplicated");
+        bad += cluster_stat(st, "clients", "bad_frames");
+        json_decref(st);
+    }
+    cr_assert_eq(acked, 40, "%llu of 40 states stored by the replica", (unsigned long long)acked);
+    cr_assert_eq(unreplicated, 0);
+    cr_assert_eq(bad, 0, "a peer frame was refused");
+
+    struct am_ring *ring = ring_of(n);
+    int owner = atoi(am_ring_member(ring, am_ring_owner(ring, am_ring_key("grow", 4, "g", 1))) + 1);
+    am_ring_free(ring);
+    cr_assert_eq(proc_node_kill9(&w.nodes[owner]), 0);
+    int live[2], nl = 0;
+    for (int i = 0; i < n; i++)
+        if (i != owner)
+            live[nl++] = i;
+    cluster_wait_one_ring(&cluster, live, nl);
+    int rc = proc_runl(&r, 20000, "call", "--node", w.nodes[live[0]].addr, "grow", "g", "put",
+                       "\"\"", (char *)NULL);
+    cr_assert_eq(rc, 0);
+    cr_assert_eq(r.code, 0, "after the owner's crash: %s%s", r.out, r.err);
+    cr_assert_eq(strtoull(r.out, NULL, 10), want + 1, "the next owner has %s bytes, want %llu",
+                 r.out, (unsigned long long)want + 1);
+    proc_result_free(&r);
+    for (int k = nl - 1; k >= 0; k--)
+        cluster_node_stop_ok(&cluster, live[k]);
+}
