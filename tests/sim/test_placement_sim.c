@@ -230,16 +230,7 @@ _Static_assert(NODES <= 128, "member sets are two 64-bit words");
 static size_t seed_count(void)
 {
     const char *one = getenv("AMESH_SIM_SEED");
-    if (one && *one)
-        return 1;
-    const char *e = getenv("AMESH_SIM_SEEDS");
-    if (e && *e) {
-        char *end;
-        unsigned long v = strtoul(e, &end, 10);
-        if (*end == 0 && v > 0 && v < 10000)
-            return v;
-    }
-    return 5;
+    return one && *one ? 1 : sim_seed_count(5);
 }
 
 /* AMESH_SIM_SEED=S runs seed S only (to replay a reported failure). */

@@ -44,14 +44,7 @@ static void assert_no_leak(void)
 
 static size_t seed_count(void)
 {
-    const char *e = getenv("AMESH_SIM_SEEDS");
-    if (e && *e) {
-        char *end;
-        unsigned long v = strtoul(e, &end, 10);
-        if (*end == 0 && v > 0 && v < 10000)
-            return v;
-    }
-    return 3;
+    return sim_seed_count(3);
 }
 
 /* Fixed seeds: the k-th run of every scenario uses the same one. */

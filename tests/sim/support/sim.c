@@ -1097,3 +1097,15 @@ uint64_t sim_trace_hash(const struct sim *s)
 {
     return s->trace;
 }
+
+size_t sim_seed_count(size_t dflt)
+{
+    const char *e = getenv("AMESH_SIM_SEEDS");
+    if (e && *e) {
+        char *end;
+        unsigned long v = strtoul(e, &end, 10);
+        if (*end == 0 && v > 0 && v < 10000)
+            return v;
+    }
+    return dflt;
+}

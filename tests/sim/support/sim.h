@@ -181,6 +181,10 @@ struct sim_totals {
 };
 void sim_totals(const struct sim *s, struct sim_totals *out);
 
+/* How many seeds a test runs: AMESH_SIM_SEEDS (1 to 9999) when set, else
+ * dflt (CI's fixed set). */
+size_t sim_seed_count(size_t dflt);
+
 /* A hash of every delivered event (time, kind, nodes, bytes) in order. */
 uint64_t sim_trace_hash(const struct sim *s);
 
