@@ -164,14 +164,12 @@ static int pack_latency(struct node *n, msgpack_packer *pk)
 }
 
 /* "actor_types": {"TYPE.ok": n, "TYPE.errors": n, ...}: messages completed
- * per actor type (with actor_latency, the first of the status map's 17
- * keys). */
+ * per actor type. */
 static int pack_types(struct node *n, msgpack_packer *pk)
 {
     const struct am_runtime_type_stats *t;
     size_t k = am_runtime_get_type_stats(n->rt, &t);
-    if (msgpack_pack_map(pk, 17) || pack_latency(n, pk) || am_mp_pack_str(pk, "actor_types", 11) ||
-        msgpack_pack_map(pk, (uint32_t)(2 * k)))
+    if (am_mp_pack_str(pk, "actor_types", 11) || msgpack_pack_map(pk, (uint32_t)(2 * k)))
         return -1;
     for (size_t i = 0; i < k; i++) {
         char key[96];
@@ -216,10 +214,7 @@ static int pack_status(void *arg, msgpack_packer *pk)
     }
     struct am_peers_stats ps;
     am_peers_get_stats(n->peers, &ps);
-    /* The map's header and its first key, actor_types, then the rest. */
-    if (pack_types(n, pk))
-        return -ENOMEM;
-    return pack_kv_str(pk, "node", n->cfg.name) ||
+    return msgpack_pack_map(pk, 17) || pack_kv_str(pk, "node", n->cfg.name) ||
            pack_kv_str(pk, "version", AM_VERSION_STRING) ||
            pack_kv_u64(pk, "pid", (uint64_t)getpid()) ||
            pack_kv_u64(pk, "uptime_ms", uv_now(&n->loop) - n->started_ms) ||
@@ -303,7 +298,8 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "received", n->repl.st.received) ||
            pack_kv_u64(pk, "stored", n->repl.st.stored) ||
            pack_kv_u64(pk, "newer_here", n->repl.st.newer_here) ||
-           pack_kv_u64(pk, "repaired", n->handoff.repaired);
+           pack_kv_u64(pk, "repaired", n->handoff.repaired) || pack_latency(n, pk) ||
+           pack_types(n, pk);
 }
 
 /* A member change reaches the ring this long after it (later changes

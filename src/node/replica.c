@@ -68,10 +68,10 @@ void am_replication_keep_newer(struct am_store *store, const char *key, size_t k
         am_free(k);
 }
 
-static void on_replica_reply(void *ctx, uint64_t key_len, int status, const uint8_t *body,
+static void on_replica_reply(void *ctx, uint64_t id, int status, const uint8_t *body,
                              size_t len)
 {
-    (void)key_len;
+    (void)id;
     struct send *s = ctx;
     struct am_replication *rp = s->rp;
     int stale = 0;
