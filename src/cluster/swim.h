@@ -156,6 +156,7 @@ int am_swim_find(const struct am_swim *s, const char *name, struct am_swim_membe
 struct am_swim_stats {
     uint64_t probes, acks, nacks, indirect_probes;
     uint64_t suspicions, refutations, deaths_declared;
+    uint64_t corrections; /* stale accusations of this node answered to the accuser */
     uint64_t declared_dead; /* times others declared this node dead (it refuted) */
     uint64_t packets_in, packets_out, bytes_in, bytes_out;
     uint64_t bad_packets;

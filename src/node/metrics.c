@@ -100,6 +100,8 @@ static const struct row rows[] = {
      "Members that went from alive to suspect in this node's view."},
     {"membership", "refutations", "membership_refutations_total", COUNTER, 0,
      "Times this node raised its incarnation to deny a suspicion about itself."},
+    {"membership", "corrections", "membership_corrections_total", COUNTER, 0,
+     "Accusations of this node it had refuted already, answered to the accuser directly."},
     {"membership", "deaths_declared", "membership_deaths_declared_total", COUNTER, 0,
      "Suspicions that timed out on this node."},
     {"membership", "health", "membership_health", GAUGE, 0, "Lifeguard local health, 0 to 7."},

@@ -396,6 +396,7 @@ Test(netns, loss_of_20_percent_gives_no_false_death, .timeout = 240)
     enum { LOSS_MS = 60000, POLL_MS = 500 };
     start_cluster();
     uint64_t susp0 = membership_sum("suspicions"), refut0 = membership_sum("refutations");
+    uint64_t corr0 = membership_sum("corrections");
     uint64_t deaths0 = membership_sum("deaths_declared");
 
     for (int i = 0; i < N; i++)
@@ -447,15 +448,17 @@ Test(netns, loss_of_20_percent_gives_no_false_death, .timeout = 240)
     }
     uint64_t susp = membership_sum("suspicions") - susp0;
     uint64_t refut = membership_sum("refutations") - refut0;
+    uint64_t corr = membership_sum("corrections") - corr0;
 
     for (int i = 0; i < N; i++)
         nft_in(i, "flush chain inet " TABLE " input");
     int64_t ms = wait_views(no_partition, 30000, "all alive after the loss");
     cr_log_info("20%% UDP loss in every namespace for %d s: %d polls of all 5 views, never a dead "
                 "member; a suspect in %d of %d views; summed over nodes: %llu suspicions, %llu "
-                "refutations, 0 deaths declared; all alive everywhere %lld ms after the loss",
+                "refutations, %llu corrections, 0 deaths declared; all alive everywhere %lld ms "
+                "after the loss",
                 LOSS_MS / 1000, polls, suspect_views, polls * N, (unsigned long long)susp,
-                (unsigned long long)refut, (long long)ms);
+                (unsigned long long)refut, (unsigned long long)corr, (long long)ms);
     stop_all();
 }
 
