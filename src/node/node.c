@@ -714,11 +714,14 @@ static void maybe_replaced(struct node *n, const char *why)
 
 #define STALL_CHECK_MS 250
 
-static void on_stall_timer(uv_timer_t *h)
+/* The loop runs at now (ms, loop time): was it stopped for stall_ms or
+ * more since it last ran? Checked by a timer and by every call routed:
+ * after SIGCONT the loop runs the I/O that arrived during the pause before
+ * any timer, so a call could otherwise run on an actor another member
+ * served meanwhile, from the copy in memory. */
+static void stall_check(struct node *n, uint64_t now)
 {
-    struct node *n = h->data;
-    uint64_t now = uv_hrtime() / 1000000;
-    uint64_t gap = now - n->stall_last;
+    uint64_t gap = now > n->stall_last ? now - n->stall_last : 0;
     n->stall_last = now;
     if (gap < n->stall_ms)
         return;
@@ -727,6 +730,12 @@ static void on_stall_timer(uv_timer_t *h)
     snprintf(why, sizeof why, "this node did not run for %llu ms (paused?)",
              (unsigned long long)gap);
     maybe_replaced(n, why);
+}
+
+static void on_stall_timer(uv_timer_t *h)
+{
+    struct node *n = h->data;
+    stall_check(n, uv_now(&n->loop));
 }
 
 /* route(): 1 when the call was held (its actor's previous owner has not
@@ -1014,6 +1023,8 @@ static int route_call(struct node *n, const struct am_request *r, am_reply_fn cb
                       char *err, size_t errlen, int again)
 {
     unsigned hops = 0;
+    if (!again)
+        stall_check(n, uv_now(&n->loop));
     uint64_t version = n->ring ? am_ring_version(n->ring) : 0;
     if (r->kind == AM_MSG_FORWARD)
         hops = r->hops;
@@ -1437,7 +1448,7 @@ static int start(struct node *n, char *err, size_t errlen)
     memset(&sc, 0, sizeof sc);
     am_swim_profile(&sc, c->profile);
     n->stall_ms = 2 * (sc.probe_interval_ms ? sc.probe_interval_ms : 1000);
-    n->stall_last = uv_hrtime() / 1000000;
+    n->stall_last = uv_now(&n->loop);
     uv_timer_start(&n->stall_timer, on_stall_timer, STALL_CHECK_MS, STALL_CHECK_MS);
     n->held_tail = &n->held;
     n->ring_timer_open = 1;

@@ -150,6 +150,12 @@
  *  F3 a new node placed before a crashed, undetected owner serves the key
  *     from nothing when its hold expires, its only replica target being the
  *     dead owner: a one-copy fork, and the older history or the fork is lost;
+ *  F4, F5, F6 (fixed: a node back from a pause drops its actors and holds
+ *     their calls until the members that served them hand them back; the
+ *     stall is checked by every call routed, so before the first call after
+ *     a resume, and a node that learns it was declared dead does the same:
+ *     maybe_replaced in node.c, replaced() here; their reproductions run by
+ *     default) a resumed owner served at once from what it had:
  *  F4 versions are not unique: a resumed owner and its successor both
  *     activate from the same copy, so their first adds are the same version;
  *     the resumer keeps its own unacknowledged copy on the tie, the handoff
@@ -171,8 +177,8 @@
  *     (AMESH_SIM_SEED=0x91c1e672, counter/45 at t=209 s).
  * F1 and F3 need a join during a departure and F2 a call to a node that has
  * just started; the CI scenario avoids them (episodes start from a settled
- * cluster; alone_serves off). F4 and F6 need only a pause, F7 a partition:
- * the fixed seeds do not meet them; about 1% of random seeds do.
+ * cluster; alone_serves off). F7 needs a partition: the fixed seeds do not
+ * meet it.
  */
 #include "placement.h"
 #include "proto.h"
@@ -316,7 +322,7 @@ static bool vge(uint64_t ea, uint64_t sa, uint64_t eb, uint64_t sb)
 
 struct policy {
     unsigned copies;  /* R */
-    bool no_versions; /* broken: stores take any copy, nothing is fenced */
+    bool no_versions; /* broken: stores take any copy, nothing is fenced (replaced() neither) */
     bool no_repair;   /* broken: a ring change sends no REPLICATE to new replicas */
     bool no_release;  /* broken: a ring change deactivates nothing */
     /* node.c as it is: a node started with --join serves every call alone
@@ -362,6 +368,7 @@ struct pnode {
     bool waiting[NODES];
     int nwaiting;
     uint64_t wait_until;
+    uint64_t declared_seen; /* the core's declared_dead count, handled (node.c) */
     struct pend *pend;
     size_t npend, cap, move_left;
     struct copy store[NKEYS];
@@ -429,7 +436,7 @@ struct stats {
     uint64_t repl_sent, unreplicated, stale_answers, keep_newer;
     uint64_t activations, fences, releases;
     uint64_t handoffs, handoffs_current, handoffs_refused, send_failed, repairs, dones;
-    uint64_t holds_expired;
+    uint64_t holds_expired, replaced;
     uint64_t crashes, pauses, partitions, leaves, joins, restarts, settles;
     uint64_t stable_steps, ring_builds;
     uint64_t max_settle_ms;
@@ -1127,6 +1134,48 @@ static void waiting_prune(struct world *w, int x)
         rset(w, &n->wo_self, ring_without(w, n->ring, x));
 }
 
+/* start_waiting in node.c: hold the calls for the actors whose previous
+ * owner (by the ring without this node) is another member of the ring,
+ * until it sends HANDOFF_DONE or HOLD_MS passes. */
+static void start_waiting(struct world *w, int x)
+{
+    struct pnode *n = &w->n[x];
+    for (int i = 0; i < n->ring->count; i++) {
+        int m = n->ring->node_of[i];
+        if (m != x && !n->waiting[m]) {
+            n->waiting[m] = true;
+            n->nwaiting++;
+        }
+    }
+    n->wait_until = now(w) + HOLD_MS;
+    if (n->nwaiting)
+        rset(w, &n->wo_self, ring_without(w, n->ring, x));
+}
+
+/* maybe_replaced in node.c: a node that did not run for two probe
+ * intervals (a pause: checked by a timer and by every call routed, so
+ * before any call after a resume), or that learns the others declared it
+ * dead (a pause or a partition), drops every active actor and holds the
+ * calls for the actors it owns until the members that served them
+ * meanwhile have handed them back. */
+static void replaced(struct world *w, int x)
+{
+    struct pnode *n = &w->n[x];
+    if (w->pol.no_versions || n->stopping || !n->ring || n->self_idx < 0 || n->ring->count < 2)
+        return;
+    for (int k = 0; k < NKEYS; k++)
+        fence(w, x, k);
+    w->st.replaced++;
+    start_waiting(w, x);
+}
+
+static void resume(struct world *w, int x)
+{
+    sim_resume(w->s, (size_t)x);
+    fault_log(w, "resume n%d", x);
+    replaced(w, x);
+}
+
 /* ring_joined in node.c: the first ring with other members. */
 static void ring_joined(struct world *w, int x)
 {
@@ -1136,14 +1185,7 @@ static void ring_joined(struct world *w, int x)
         return;
     rset(w, &n->base, n->ring);
     send_done(w, x, NULL, n->ring, JOIN_DONE_DELAY_MS);
-    for (int i = 0; i < n->ring->count; i++) {
-        int m = n->ring->node_of[i];
-        if (m != x && !n->waiting[m]) {
-            n->waiting[m] = true;
-            n->nwaiting++;
-        }
-    }
-    n->wait_until = now(w) + HOLD_MS;
+    start_waiting(w, x);
 }
 
 static void rebuild(struct world *w, int x)
@@ -1194,6 +1236,7 @@ static void reset_runtime(struct world *w, int x)
     n->leave_handoff = n->left_called = false;
     memset(n->waiting, 0, sizeof n->waiting);
     n->nwaiting = 0;
+    n->declared_seen = 0;
 }
 
 static void on_event(struct sim *s, size_t observer, const struct am_swim_action *a, void *ctx)
@@ -1636,6 +1679,12 @@ static void step(struct world *w, bool load)
             n->ring_due = 0;
             rebuild(w, x);
         }
+        struct am_swim_stats ws;
+        am_swim_get_stats(sim_core(w->s, (size_t)x), &ws);
+        if (ws.declared_dead > n->declared_seen) {
+            n->declared_seen = ws.declared_dead;
+            replaced(w, x);
+        }
         if (n->nwaiting && now(w) >= n->wait_until) {
             w->st.holds_expired++;
             for (int m = 0; m < NODES; m++)
@@ -1867,8 +1916,7 @@ static void run(const struct run_cfg *cfg, struct world **out)
             if (!hold_until && (all_hold_dead(w, victim) || now(w) - phase_start > PAUSE_BOUND_MS))
                 hold_until = now(w) + 1000 + rnd_below(w, 4000);
             if (hold_until && now(w) >= hold_until) {
-                sim_resume(w->s, (size_t)victim);
-                fault_log(w, "resume n%d", victim);
+                resume(w, victim);
                 ph = PH_SETTLE;
                 phase_start = now(w);
             }
@@ -1964,10 +2012,11 @@ static void print_run(const struct world *w, double secs)
                 "); activations %" PRIu64 "; releases %" PRIu64 "; handoffs %" PRIu64
                 " (already there %" PRIu64 ", refused %" PRIu64 "); repairs %" PRIu64
                 "; sends given up %" PRIu64 "; replica sends %" PRIu64 " (unreachable %" PRIu64
-                "); HANDOFF_DONE %" PRIu64 "; holds expired %" PRIu64,
+                "); HANDOFF_DONE %" PRIu64 "; holds expired %" PRIu64
+                "; back from a pause or declared dead %" PRIu64,
                 s->fences, s->stale_answers, s->keep_newer, s->activations, s->releases,
                 s->handoffs, s->handoffs_current, s->handoffs_refused, s->repairs, s->send_failed,
-                s->repl_sent, s->unreplicated, s->dones, s->holds_expired);
+                s->repl_sent, s->unreplicated, s->dones, s->holds_expired, s->replaced);
     cr_log_info(
         "[psim]   invariants: (1) no acknowledged add lost: %s (%" PRIu64
         " key checks with a loss, %" PRIu64 " adds lost at the end, %" PRIu64
@@ -2233,11 +2282,12 @@ Test(placement_sim, known_issue_new_node_joining_during_an_owner_crash_acknowled
  * runtime's idle deactivation any key can be inactive at O when it resumes
  * (the model deactivates only on ring changes, fences and stops, hence a
  * key never written here), and P must not write it again before it hands
- * it back. The random runs met this once in ~150 seeds. */
-Test(placement_sim, known_issue_equal_versions_from_a_paused_owner_hide_an_acknowledged_add)
+ * it back. The random runs met this once in ~150 seeds. Fixed: a resumed
+ * node drops its actors and holds their calls until handed back
+ * (maybe_replaced in node.c, checked by every call routed, so before the
+ * first call after a resume; modelled by replaced()). */
+Test(placement_sim, a_paused_owner_back_at_an_equal_version_loses_no_acknowledged_add)
 {
-    if (!known_issues())
-        cr_skip_test("a known loss (F4); AMESH_SIM_KNOWN_ISSUES=1 runs it");
     struct policy pol = {.copies = 2, .name = "F4: equal versions after a pause"};
     struct world *w = world_new(seed_at(0), &pol);
     start_cluster(w, 30);
@@ -2247,8 +2297,7 @@ Test(placement_sim, known_issue_equal_versions_from_a_paused_owner_hide_an_ackno
     while (!all_hold_dead(w, o) || !settled_but(w, o))
         step(w, false);
     add_acked(w, k, 1); /* the next owner, from nothing: (1,1) */
-    sim_resume(w->s, (size_t)o);
-    fault_log(w, "resume n%d", o);
+    resume(w, o);
     bool acked = client_add_at(w, o, k); /* at once, by its old ring: (1,1) too */
     cr_log_info("[psim] F4: n%d resumed; an add through it at once was %s", o,
                 acked ? "acknowledged" : "refused (stale)");
@@ -2268,11 +2317,10 @@ Test(placement_sim, known_issue_equal_versions_from_a_paused_owner_hide_an_ackno
  * acknowledges an add with its own, older, copy only. When the others take
  * O back, the next owner hands the newer state to O, which fences O's actor
  * and replaces its copy: that add is gone. Modelled by hello_check (every
- * send needs a stream the receiver accepts). */
-Test(placement_sim, known_issue_resumed_owner_acknowledges_while_its_replica_refuses_its_stream)
+ * send needs a stream the receiver accepts). Fixed as F4: the resumed O
+ * holds the call until P hands the key back. */
+Test(placement_sim, a_resumed_owner_whose_replica_refuses_its_stream_loses_nothing)
 {
-    if (!known_issues())
-        cr_skip_test("a known loss (F5); AMESH_SIM_KNOWN_ISSUES=1 runs it");
     struct policy pol = {.copies = 2, .hello_check = true, .name = "F5: resumed owner, new stream"};
     struct world *w = world_new(seed_at(0), &pol);
     start_cluster(w, 30);
@@ -2283,8 +2331,7 @@ Test(placement_sim, known_issue_resumed_owner_acknowledges_while_its_replica_ref
     while (!all_hold_dead(w, o) || !settled_but(w, o))
         step(w, false);
     add_acked(w, k, 5); /* the next owner: (2,15) */
-    sim_resume(w->s, (size_t)o);
-    fault_log(w, "resume n%d", o);
+    resume(w, o);
     bool acked = client_add_at(w, o, k); /* at once: (1,11), replica refuses the stream */
     cr_log_info("[psim] F5: n%d resumed; an add through it at once was %s", o,
                 acked ? "acknowledged" : "refused");
@@ -2305,11 +2352,10 @@ Test(placement_sim, known_issue_resumed_owner_acknowledges_while_its_replica_ref
  *   - an add through A: A activates from (2,15) at epoch 3: (3,16); B's
  *     actor (2,16) is older, so B is fenced and stores (3,16), acknowledged.
  * The add B acknowledged at (2,16) is in no copy any more. The random runs
- * met this once in ~250 seeds (one pause, no other fault). */
-Test(placement_sim, known_issue_owners_alternating_after_a_resume_erase_an_acknowledged_add)
+ * met this once in ~250 seeds (one pause, no other fault). Fixed as F4: A
+ * serves nothing until B hands the key back. */
+Test(placement_sim, owners_alternating_after_a_resume_lose_no_acknowledged_add)
 {
-    if (!known_issues())
-        cr_skip_test("a known loss (F6); AMESH_SIM_KNOWN_ISSUES=1 runs it");
     struct policy pol = {.copies = 2, .name = "F6: two owners after a resume"};
     struct world *w = world_new(seed_at(0), &pol);
     start_cluster(w, 30);
@@ -2325,8 +2371,7 @@ Test(placement_sim, known_issue_owners_alternating_after_a_resume_erase_an_ackno
         if (w->n[x].act[k].on && x != a)
             b = x;
     cr_assert_geq(b, 0);
-    sim_resume(w->s, (size_t)a);
-    fault_log(w, "resume n%d", a);
+    resume(w, a);
     bool r1 = client_add_at(w, a, k), r2 = client_add_at(w, b, k), r3 = client_add_at(w, a, k);
     cr_log_info("[psim] F6: n%d resumed, n%d took over; adds through n%d, n%d, n%d at once: %s, "
                 "%s, %s",
