@@ -65,7 +65,7 @@ const char am_bench_usage[] =
     "                   [--actors N] [--connections C] [--pipeline P]\n"
     "                   [--duration S | --requests N] [--warmup S] [--payload BYTES]\n"
     "                   [--skew THETA] [--seed N] [--timeout MS] [--json] [--verify]\n"
-    "                   [--series FILE] [--cdf FILE] [--key-file FILE]\n"
+    "                   [--series FILE] [--cdf FILE] [--windows FILE] [--key-file FILE]\n"
     "\n"
     "  --node         nodes to load, connections spread round-robin (127.0.0.1:7946)\n"
     "  --type         actor type (counter)\n"
@@ -87,6 +87,13 @@ const char am_bench_usage[] =
     "                 second,requests,errors,rps,p50_us,p99_us\n"
     "  --cdf          write the latency distribution of the measured window to FILE:\n"
     "                 percentile,latency_us for 0..99, 99.1..99.9, 99.91..99.99, 100\n"
+    "  --windows      write each called actor's longest unavailable window to FILE:\n"
+    "                 id,window_us. A success at time now for a call sent at t0\n"
+    "                 ends a window of now - t0, or of now - the send time of the\n"
+    "                 earliest call that failed since the actor's last success\n"
+    "                 (error status, timeout, lost connection) when that is older;\n"
+    "                 a failure still open when the run stops counts up to the\n"
+    "                 stop. Only replies and failures after the warm-up count\n"
     "  --key-file     the cluster key, when the nodes have one (or AMESH_KEY_FILE)\n";
 
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt,
@@ -228,9 +235,9 @@ int am_bench_parse(struct am_bench_opts *o, int argc, char **argv, char *err, si
 
         int is_switch = strcmp(flag, "--json") == 0 || strcmp(flag, "--verify") == 0;
         static const char *const valued[] = {
-            "--node",     "--type",     "--action", "--actors",   "--connections", "--pipeline",
-            "--duration", "--requests", "--warmup", "--payload",  "--skew",        "--seed",
-            "--timeout",  "--series",   "--cdf",    "--key-file",
+            "--node",     "--type",     "--action", "--actors",  "--connections", "--pipeline",
+            "--duration", "--requests", "--warmup", "--payload", "--skew",        "--seed",
+            "--timeout",  "--series",   "--cdf",    "--windows", "--key-file",
         };
         int known = is_switch;
         for (size_t k = 0; !known && k < sizeof valued / sizeof *valued; k++)
@@ -306,13 +313,16 @@ int am_bench_parse(struct am_bench_opts *o, int argc, char **argv, char *err, si
         } else if (strcmp(flag, "--seed") == 0) {
             if (parse_u64(val, 0, &o->seed))
                 return fail(err, errlen, "--seed must be a non-negative integer, not '%s'", val);
-        } else if (strcmp(flag, "--series") == 0 || strcmp(flag, "--cdf") == 0) {
+        } else if (strcmp(flag, "--series") == 0 || strcmp(flag, "--cdf") == 0 ||
+                   strcmp(flag, "--windows") == 0) {
             if (val[0] == '\0')
                 return fail(err, errlen, "%s needs a file name", flag);
             if (strcmp(flag, "--series") == 0)
                 o->series = val;
-            else
+            else if (strcmp(flag, "--cdf") == 0)
                 o->cdf = val;
+            else
+                o->windows = val;
         } else if (strcmp(flag, "--key-file") == 0) {
             if (val[0] == '\0')
                 return fail(err, errlen, "--key-file needs a file name");
@@ -328,14 +338,58 @@ int am_bench_parse(struct am_bench_opts *o, int argc, char **argv, char *err, si
         return fail(err, errlen, "--duration and --requests exclude each other: give one");
     if (have_requests)
         o->duration = 0;
+    /* Each file is truncated and written on its own: one path for two of
+     * them would leave only the last one written, silently. */
     if (o->series && o->cdf && strcmp(o->series, o->cdf) == 0)
         return fail(err, errlen, "--series and --cdf must name different files, not both '%s'",
                     o->cdf);
+    if (o->series && o->windows && strcmp(o->series, o->windows) == 0)
+        return fail(err, errlen, "--series and --windows must name different files, not both '%s'",
+                    o->windows);
+    if (o->cdf && o->windows && strcmp(o->cdf, o->windows) == 0)
+        return fail(err, errlen, "--cdf and --windows must name different files, not both '%s'",
+                    o->windows);
     if (o->verify && !am_bench_int_payload(o))
         return fail(err, errlen,
                     "--verify works only with --type counter --action add and the default "
                     "payload (no --payload)");
     return 0;
+}
+
+/* ---- Unavailable windows ------------------------------------------------ */
+
+/* A window is counted as at least 1 ns, so that worst == 0 keeps meaning
+ * "no reply yet" even for a reply parsed in the nanosecond it was sent. */
+static uint64_t window_of(uint64_t since, uint64_t now)
+{
+    return now > since ? now - since : 1;
+}
+
+void am_bench_window_ok(struct am_bench_window *w, uint64_t t0, uint64_t now)
+{
+    /* A failure of a call sent after t0 cannot shorten the wait of this
+     * call: the window starts at whichever was sent first. */
+    uint64_t since = w->fail_since && w->fail_since < t0 ? w->fail_since : t0;
+    uint64_t win = window_of(since, now);
+    if (win > w->worst)
+        w->worst = win;
+    w->fail_since = 0;
+}
+
+void am_bench_window_failed(struct am_bench_window *w, uint64_t t0)
+{
+    /* The calls lost with one connection are settled in slot order, not in
+     * the order they were sent: keep the earliest. */
+    if (!w->fail_since || t0 < w->fail_since)
+        w->fail_since = t0;
+}
+
+uint64_t am_bench_window_final(const struct am_bench_window *w, uint64_t end)
+{
+    if (!w->fail_since)
+        return w->worst;
+    uint64_t open = window_of(w->fail_since, end);
+    return open > w->worst ? open : w->worst;
 }
 
 /* ---- Run state -------------------------------------------------------- */
@@ -444,6 +498,11 @@ struct bench {
     uint64_t sec_cur, sec_cap;
     uint64_t sec_done0, sec_ok0, sec_errors0;
     FILE *cdf_f; /* --cdf, written after the run */
+    /* --windows: one per actor; the distribution of their final windows,
+     * filled after the run; the file, written after the run. */
+    struct am_bench_window *windows;
+    struct am_hist *whist;
+    FILE *windows_f;
     /* The progress window (warm-up included). */
     struct am_hist *win;
     uint64_t win_ok;
@@ -647,6 +706,8 @@ static void settle_lost(struct bench *b, struct slot *sl, int kind, uint64_t now
     if (b->unknown)
         b->unknown[sl->actor]++;
     if (counting(b, now)) {
+        if (b->windows)
+            am_bench_window_failed(&b->windows[sl->actor], sl->t0);
         series_roll(b, now);
         count_error(b, kind);
         count_done(b, now);
@@ -893,6 +954,12 @@ static void complete(struct conn *c, uint32_t s, const struct am_reply *r, uint6
     }
     if (!counting(b, now))
         return;
+    if (b->windows) {
+        if (r->status == AM_ST_OK)
+            am_bench_window_ok(&b->windows[sl.actor], sl.t0, now);
+        else
+            am_bench_window_failed(&b->windows[sl.actor], sl.t0);
+    }
     series_roll(b, now);
     if (r->status == AM_ST_OK) {
         am_hist_record(b->hist, lat);
@@ -1411,6 +1478,12 @@ static int bench_alloc(struct bench *b)
     }
     if (o->skew > 0 && build_cdf(b))
         return -ENOMEM;
+    if (o->windows) {
+        b->windows = am_calloc(na, sizeof *b->windows);
+        b->whist = am_hist_new();
+        if (!b->windows || !b->whist)
+            return -ENOMEM;
+    }
     if (o->verify) {
         b->acked = am_calloc(na, sizeof *b->acked);
         b->unknown = am_calloc(na, sizeof *b->unknown);
@@ -1461,6 +1534,8 @@ static void bench_free(struct bench *b)
     am_hist_free(b->win);
     am_hist_free(b->sec_hist);
     am_free(b->cdf);
+    am_free(b->windows);
+    am_hist_free(b->whist);
     am_free(b->acked);
     am_free(b->unknown);
     am_free(b->value);
@@ -1498,6 +1573,30 @@ static void compute(const struct bench *b, struct figures *f)
     f->p99 = us_of(am_hist_percentile(b->hist, 99));
     f->p999 = us_of(am_hist_percentile(b->hist, 99.9));
     f->max = us_of(am_hist_max(b->hist));
+}
+
+/* The final window of every actor into b->whist, after the run. */
+static void windows_settle(struct bench *b)
+{
+    for (size_t i = 0; i < (size_t)b->o->actors; i++) {
+        uint64_t w = am_bench_window_final(&b->windows[i], b->t_end);
+        if (w)
+            am_hist_record(b->whist, w);
+    }
+}
+
+/* The --windows file: one line per actor with a window, in actor order. */
+static void windows_write(const struct bench *b, FILE *f)
+{
+    fputs("id,window_us\n", f);
+    for (size_t i = 0; i < (size_t)b->o->actors; i++) {
+        uint64_t w = am_bench_window_final(&b->windows[i], b->t_end);
+        if (!w)
+            continue;
+        char id[64];
+        size_t n = format_id(b, (uint32_t)i, id);
+        fprintf(f, "%.*s,%.1f\n", (int)n, id, us_of(w));
+    }
 }
 
 struct verdict {
@@ -1573,6 +1672,16 @@ static int print_json(const struct bench *b, const struct figures *f, const stru
     json_object_set_new(root, "action", json_string(o->action));
     json_object_set_new(root, "warmup", json_real(o->warmup));
     json_object_set_new(root, "lost_connections", json_integer((json_int_t)b->lost_conns));
+    if (b->whist) {
+        json_t *wo = json_object();
+        if (wo) {
+            json_object_set_new(wo, "actors", json_integer((json_int_t)am_hist_count(b->whist)));
+            json_object_set_new(wo, "p50_us", json_real(us_of(am_hist_percentile(b->whist, 50))));
+            json_object_set_new(wo, "p99_us", json_real(us_of(am_hist_percentile(b->whist, 99))));
+            json_object_set_new(wo, "max_us", json_real(us_of(am_hist_max(b->whist))));
+            json_object_set_new(root, "windows", wo);
+        }
+    }
     if (v) {
         json_t *vo = json_object();
         if (vo) {
@@ -1603,6 +1712,10 @@ static void print_human(const struct bench *b, const struct figures *f)
            (unsigned long long)b->errors, f->seconds, f->rps);
     printf("\n  %12s %10s %10s %10s %10s\n", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us");
     printf("  %12.1f %10.1f %10.1f %10.1f %10.1f\n\n", f->p50, f->p90, f->p99, f->p999, f->max);
+    if (b->whist)
+        printf("  unavailable windows of %llu actors: p50 %.1f us, p99 %.1f us, max %.1f us\n\n",
+               (unsigned long long)am_hist_count(b->whist), us_of(am_hist_percentile(b->whist, 50)),
+               us_of(am_hist_percentile(b->whist, 99)), us_of(am_hist_max(b->whist)));
     if (b->errors) {
         printf("  errors:");
         const char *sep = " ";
@@ -1616,8 +1729,8 @@ static void print_human(const struct bench *b, const struct figures *f)
     }
 }
 
-/* Creates the --series and --cdf files before the run, so that a path that
- * cannot be written costs no run. Returns 0 or -1 (reported). */
+/* Creates the --series, --cdf and --windows files before the run, so that a
+ * path that cannot be written costs no run. Returns 0 or -1 (reported). */
 static int open_files(struct bench *b)
 {
     const struct am_bench_opts *o = b->o;
@@ -1634,6 +1747,14 @@ static int open_files(struct bench *b)
         b->cdf_f = fopen(o->cdf, "w");
         if (!b->cdf_f) {
             fprintf(stderr, "amesh bench: cannot write --cdf %s: %s\n", o->cdf, strerror(errno));
+            return -1;
+        }
+    }
+    if (o->windows) {
+        b->windows_f = fopen(o->windows, "w");
+        if (!b->windows_f) {
+            fprintf(stderr, "amesh bench: cannot write --windows %s: %s\n", o->windows,
+                    strerror(errno));
             return -1;
         }
     }
@@ -1663,9 +1784,13 @@ static int close_files(struct bench *b, int complete)
             series_finish(b);
         if (b->cdf_f)
             cdf_write(b, b->cdf_f);
+        if (b->windows_f)
+            windows_write(b, b->windows_f);
     }
     int rc = close_file(&b->series_f, "--series", b->o->series);
     if (close_file(&b->cdf_f, "--cdf", b->o->cdf))
+        rc = -1;
+    if (close_file(&b->windows_f, "--windows", b->o->windows))
         rc = -1;
     return rc;
 }
@@ -1737,6 +1862,8 @@ static int bench_run(const struct am_bench_opts *o)
     struct figures f;
     struct verdict v;
     compute(b, &f);
+    if (b->windows)
+        windows_settle(b);
     if (o->json) {
         if (o->verify)
             verify_report(b, stderr, &v);

@@ -28,9 +28,34 @@
  * --cdf FILE writes the latency distribution of the whole window as CSV,
  * after the header "percentile,latency_us": the percentiles 0, 1, .. 99,
  * then 99.1 .. 99.9, 99.91 .. 99.99 and 100 (the maximum), 119 lines; only
- * the header when nothing succeeded. Both files are created (truncated)
- * before the run starts, so a path that cannot be written fails at once
- * (exit 1) instead of after the run.
+ * the header when nothing succeeded.
+ * --windows FILE writes each actor's longest unavailable window, after the
+ * header "id,window_us": one line per actor that got at least one reply or
+ * failure counted in the window, in the order of the actors (bench-0
+ * first), with the id exactly as sent. The three files are created
+ * (truncated) before the run starts, so a path that cannot be written fails
+ * at once (exit 1) instead of after the run.
+ *
+ * Unavailable windows (--windows). A call counts when its reply or its
+ * failure comes inside the measured window, as for the latencies (so with
+ * --warmup 0, every call of the run); calls still in flight when the run
+ * stops, and --verify's gets, do not. For each actor the bench keeps
+ *   fail_since  the send time of the earliest counted call to it that failed
+ *               (a reply with any status but ok, a timeout, or a call lost
+ *               with its connection) and has not been followed by a
+ *               successful reply since; 0: none
+ *   worst       its longest window so far
+ * On a successful reply to a call sent at t0 and parsed at now:
+ *   window = now - min(t0, fail_since)   (t0 alone when fail_since is 0)
+ *   worst = max(worst, window); fail_since = 0
+ * On a failed call sent at t0: fail_since = t0 when it is 0 or later.
+ * When the run stops (at end), an actor whose fail_since is still set has
+ * the window end - fail_since. So an actor served normally has a window
+ * equal to its worst latency, a call held by a node counts its whole wait,
+ * and failures count from the first failed send to the next success. With
+ * --json the object "windows" gives {"actors", "p50_us", "p99_us",
+ * "max_us"} over the actors of the file (percentiles as for the latencies:
+ * nearest rank, within 0.4%; max exact). It takes 16 bytes per actor.
  *
  * Connections. A connection counts as up once the node acknowledged its
  * HELLO; only then are requests sent on it. All C connections must come up
@@ -43,7 +68,8 @@
  * partial), when the run was interrupted (SIGINT), when any request failed
  * with a non-retryable status (a misconfigured bench must not look green;
  * busy, overloaded and shutting_down are part of the measurement), when
- * --verify found a mismatch, or when --series or --cdf could not be written;
+ * --verify found a mismatch, or when --series, --cdf or --windows could not
+ * be written;
  * 2 for bad usage; 69 when a node cannot be reached at the start.
  *
  * --verify (counter/add with the default payload 1 only) needs actors that
@@ -69,9 +95,10 @@
 #define AM_BENCH_DEFAULT_PORT 7946
 
 /* Upper bounds of the flags, each with its reason:
- * - actors: the Zipf CDF takes 8 bytes per actor and --verify 30 more
+ * - actors: the Zipf CDF takes 8 bytes per actor, --verify 30 more
  *   (acked, unknown and read value, 8 each; a to-do index, 4; two state
- *   bytes), so 10 M actors cost at most 380 MB;
+ *   bytes) and --windows 16 (struct am_bench_window), so 10 M actors cost at
+ *   most 540 MB;
  * - connections: a file descriptor each; the soft RLIMIT_NOFILE is raised to
  *   fit when the hard limit allows;
  * - pipeline: the low 16 bits of a req_id name the request's slot, and 4096
@@ -101,8 +128,9 @@ struct am_bench_opts {
     double skew;       /* Zipf exponent; 0: uniform */
     uint64_t seed;
     long timeout_ms;
-    const char *series; /* --series FILE, or NULL; borrowed from argv */
-    const char *cdf;    /* --cdf FILE, or NULL; borrowed from argv */
+    const char *series;   /* --series FILE, or NULL; borrowed from argv */
+    const char *cdf;      /* --cdf FILE, or NULL; borrowed from argv */
+    const char *windows;  /* --windows FILE, or NULL; borrowed from argv */
     const char *key_file; /* --key-file FILE (or AMESH_KEY_FILE), or NULL; borrowed */
     int json;
     int verify;
@@ -111,14 +139,29 @@ struct am_bench_opts {
 
 /* Fills o with the defaults, then applies argv[1..argc) (argv[0] is the
  * subcommand name). Returns 0, or -EINVAL with a one-line reason in err
- * (always NUL-terminated when errlen > 0). Nothing is allocated; o->series
- * and o->cdf point into argv, so argv must outlive o. With
+ * (always NUL-terminated when errlen > 0). Nothing is allocated; o->series,
+ * o->cdf and o->windows point into argv, so argv must outlive o. With
  * --help, o->help is set and the other flags are still checked. */
 int am_bench_parse(struct am_bench_opts *o, int argc, char **argv, char *err, size_t errlen);
 
 /* 1 when requests carry the integer 1 (counter/add without --payload),
  * 0 when they carry a msgpack bin. */
 int am_bench_int_payload(const struct am_bench_opts *o);
+
+/* One actor's unavailable window (--windows), as defined above. Times are
+ * uv_hrtime() nanoseconds, never 0 (0 marks "none"). Zero it before use. */
+struct am_bench_window {
+    uint64_t fail_since; /* 0: no failure since the last success */
+    uint64_t worst;      /* 0: no reply yet; a window is counted as >= 1 ns */
+};
+
+/* A successful reply, at now, to a call sent at t0. */
+void am_bench_window_ok(struct am_bench_window *w, uint64_t t0, uint64_t now);
+/* A failed call sent at t0 (an error reply, a timeout, a lost connection). */
+void am_bench_window_failed(struct am_bench_window *w, uint64_t t0);
+/* The actor's window when the run stopped at end: worst, or end - fail_since
+ * when that is longer; 0 when no call to it completed or failed. */
+uint64_t am_bench_window_final(const struct am_bench_window *w, uint64_t end);
 
 /* The usage text, for --help and usage errors. */
 extern const char am_bench_usage[];

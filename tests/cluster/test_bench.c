@@ -1,5 +1,5 @@
 /* test_bench.c - `amesh bench` against real nodes: the contract's JSON
- * fields, --verify, and the failure paths (bad arguments, no node, a node
+ * fields, --verify, --windows, and the failure paths (bad arguments, no node, a node
  * that dies mid-run) that must end in an error or a partial result, never a
  * hang. Timings are bounded generously; nothing here asserts speed. */
 #include "proc.h"
@@ -70,6 +70,95 @@ Test(bench, json_has_the_contract_fields_and_verify_matches_the_counters)
     cr_assert_eq(json_integer_value(json_object_get(v, "lost")), 0);
     cr_assert_eq(json_integer_value(json_object_get(v, "duplicated")), 0);
     json_decref(j);
+    proc_result_free(&r);
+    cr_assert_eq(proc_node_stop(&node, 0), 0);
+}
+
+/* One connection with one call in flight and --requests: the bench sends
+ * exactly N calls and every one is answered inside the run, so the actors it
+ * called are exactly those active on the (fresh) node. With 1000 actors and
+ * 300 calls, about 260 of them are called: the file must list those, not
+ * all 1000. */
+Test(bench, windows_lists_every_called_actor_once_with_a_window_inside_the_run)
+{
+    start(NULL);
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/windows.csv", dir);
+    struct proc_result r;
+    cr_assert_eq(proc_runl(&r, 30000, "bench", "--node", node.addr, "--actors", "1000",
+                           "--connections", "1", "--pipeline", "1", "--requests", "300", "--warmup",
+                           "0", "--windows", path, "--json", (char *)NULL),
+                 0);
+    cr_assert_eq(r.code, 0, "exit %d: %s", r.code, r.err);
+    json_t *j = parse(&r);
+    double run_us = json_number_value(json_object_get(j, "seconds")) * 1e6;
+    cr_assert_gt(run_us, 0, "%s", r.out);
+
+    /* The actors the node activated: "counter/bench-<i>". */
+    struct proc_result a;
+    cr_assert_eq(proc_runl(&a, 10000, "actors", "--node", node.addr, "--json", (char *)NULL), 0);
+    cr_assert_eq(a.code, 0, "actors: exit %d: %s", a.code, a.err);
+    json_t *aj = parse(&a);
+    json_t *keys = json_object_get(aj, "keys");
+    cr_assert(json_is_array(keys), "%s", a.out);
+    static char active[1000];
+    memset(active, 0, sizeof active);
+    size_t nactive = json_array_size(keys);
+    for (size_t i = 0; i < nactive; i++) {
+        int id = -1, end = 0;
+        const char *k = json_string_value(json_array_get(keys, i));
+        cr_assert(k && sscanf(k, "counter/bench-%d%n", &id, &end) == 1 && k[end] == '\0' &&
+                      id >= 0 && id < 1000,
+                  "unexpected active actor '%s'", k ? k : "?");
+        active[id] = 1;
+    }
+    cr_assert(nactive > 100 && nactive < 300, "%zu actors called by 300 calls over 1000", nactive);
+
+    size_t len;
+    char *text = proc_read_file(path, &len);
+    cr_assert_not_null(text, "no --windows file");
+    cr_assert_eq(strncmp(text, "id,window_us\n", 13), 0, "header: %.40s", text);
+    static char listed[1000];
+    memset(listed, 0, sizeof listed);
+    size_t lines = 0;
+    double max = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(text + 13, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        int id = -1, end = 0;
+        double us = -1;
+        cr_assert(sscanf(line, "bench-%d,%lf%n", &id, &us, &end) == 2 && line[end] == '\0',
+                  "bad line '%s'", line);
+        char canon[32];
+        snprintf(canon, sizeof canon, "bench-%d,", id);
+        cr_assert_eq(strncmp(line, canon, strlen(canon)), 0, "id not as the bench sends it: '%s'",
+                     line);
+        cr_assert(id >= 0 && id < 1000, "'%s'", line);
+        cr_assert(active[id], "'%s': the node never saw this actor", line);
+        cr_assert_not(listed[id], "'%s': listed twice", line);
+        listed[id] = 1;
+        cr_assert(us > 0 && us < run_us, "'%s': window outside (0, %.1f us)", line, run_us);
+        if (us > max)
+            max = us;
+        lines++;
+    }
+    cr_assert_eq(lines, nactive, "%zu lines for %zu actors called", lines, nactive);
+
+    /* Served normally, each window is that actor's worst latency: the
+     * largest is the run's maximum latency. */
+    json_t *w = json_object_get(j, "windows");
+    cr_assert(json_is_object(w), "no windows object: %s", r.out);
+    cr_assert_eq(json_integer_value(json_object_get(w, "actors")), (json_int_t)lines);
+    double p50 = json_number_value(json_object_get(w, "p50_us"));
+    double p99 = json_number_value(json_object_get(w, "p99_us"));
+    double wmax = json_number_value(json_object_get(w, "max_us"));
+    cr_assert(p50 > 0 && p50 <= p99 && p99 <= wmax, "%s", r.out);
+    cr_assert_float_eq(wmax, max, 0.05, "json max %.1f, file max %.1f", wmax, max);
+    cr_assert_float_eq(wmax, json_number_value(json_object_get(j, "max_us")), 0.05, "%s", r.out);
+
+    free(text);
+    json_decref(aj);
+    json_decref(j);
+    proc_result_free(&a);
     proc_result_free(&r);
     cr_assert_eq(proc_node_stop(&node, 0), 0);
 }

@@ -71,6 +71,7 @@ Test(bench_args, uses_the_documented_defaults)
     cr_assert_eq(o.verify, 0);
     cr_assert_null(o.series);
     cr_assert_null(o.cdf);
+    cr_assert_null(o.windows);
     cr_assert_eq(o.help, 0);
     cr_assert_str_eq(err, "");
     LEAK_CHECK();
@@ -358,6 +359,115 @@ Test(bench_args, refuses_the_same_file_for_series_and_cdf)
 {
     assert_refused(PARSE("--series", "x.csv", "--cdf", "x.csv"),
                    "--series and --cdf must name different files");
+}
+
+Test(bench_args, takes_the_windows_file_name_as_given)
+{
+    char *argv[] = {"bench", "--windows", "out/windows.csv", "--series",
+                    "s.csv", "--cdf",     "c.csv",           NULL};
+    cr_assert_eq(run_parse(argv), 0, "%s", err);
+    cr_assert_str_eq(o.windows, "out/windows.csv");
+    cr_assert_eq(o.windows, argv[2], "the name is borrowed from argv, not copied");
+    cr_assert_str_eq(o.series, "s.csv");
+    cr_assert_str_eq(o.cdf, "c.csv");
+    cr_assert_eq(PARSE("--windows=w.csv", "--warmup", "0"), 0, "%s", err);
+    cr_assert_str_eq(o.windows, "w.csv");
+    cr_assert_null(o.series);
+    cr_assert(strstr(am_bench_usage, "--windows FILE"));
+    cr_assert(strstr(am_bench_usage, "id,window_us"));
+    LEAK_CHECK();
+}
+
+Test(bench_args, refuses_a_windows_flag_without_a_file_name)
+{
+    assert_refused(PARSE("--windows"), "--windows needs a value");
+    assert_refused(PARSE("--windows", ""), "--windows needs a file name");
+    assert_refused(PARSE("--windows="), "--windows needs a file name");
+}
+
+Test(bench_args, refuses_the_same_file_for_windows_and_series_or_cdf)
+{
+    assert_refused(PARSE("--series", "x.csv", "--windows", "x.csv"),
+                   "--series and --windows must name different files, not both 'x.csv'");
+    assert_refused(PARSE("--windows", "y.csv", "--cdf", "y.csv"),
+                   "--cdf and --windows must name different files, not both 'y.csv'");
+    cr_assert_eq(PARSE("--series", "x.csv", "--cdf", "y.csv", "--windows", "z.csv"), 0, "%s", err);
+}
+
+/* ---- The unavailable window of one actor (times in ns, never 0) ---------- */
+
+Test(bench_window, is_zero_until_a_call_completes_or_fails)
+{
+    struct am_bench_window w = {0};
+    cr_assert_eq(am_bench_window_final(&w, 5000), 0);
+}
+
+Test(bench_window, of_an_actor_served_normally_is_its_worst_latency)
+{
+    struct am_bench_window w = {0};
+    am_bench_window_ok(&w, 100, 130); /* 30 */
+    am_bench_window_ok(&w, 200, 290); /* 90 */
+    am_bench_window_ok(&w, 300, 340); /* 40 */
+    cr_assert_eq(am_bench_window_final(&w, 100000), 90);
+}
+
+Test(bench_window, of_a_held_call_is_its_whole_wait)
+{
+    struct am_bench_window w = {0};
+    am_bench_window_ok(&w, 100, 110);
+    am_bench_window_ok(&w, 1000, 251000); /* held for 250 us */
+    cr_assert_eq(am_bench_window_final(&w, 300000), 250000);
+}
+
+Test(bench_window, runs_from_the_first_failed_send_to_the_next_success)
+{
+    struct am_bench_window w = {0};
+    am_bench_window_ok(&w, 100, 150);
+    am_bench_window_failed(&w, 1000);
+    am_bench_window_failed(&w, 2000); /* later failures do not move the start */
+    am_bench_window_ok(&w, 3000, 3100);
+    cr_assert_eq(am_bench_window_final(&w, 100000), 2100, "3100 - 1000");
+    /* The success closed it: a later run of failures starts afresh. */
+    am_bench_window_failed(&w, 5000);
+    am_bench_window_ok(&w, 5500, 5600);
+    cr_assert_eq(am_bench_window_final(&w, 100000), 2100, "600 is shorter");
+}
+
+Test(bench_window, starts_at_the_earliest_failed_send_whatever_the_order_they_are_settled_in)
+{
+    struct am_bench_window w = {0};
+    am_bench_window_failed(&w, 2000);
+    am_bench_window_failed(&w, 1000); /* lost with the same connection, settled after */
+    am_bench_window_ok(&w, 4000, 4500);
+    cr_assert_eq(am_bench_window_final(&w, 100000), 3500);
+}
+
+Test(bench_window, of_a_call_sent_before_a_failure_counts_from_its_own_send)
+{
+    struct am_bench_window w = {0};
+    am_bench_window_failed(&w, 2000);   /* a later call failed first */
+    am_bench_window_ok(&w, 1000, 9000); /* the earlier one was held, then served */
+    cr_assert_eq(am_bench_window_final(&w, 100000), 8000);
+}
+
+Test(bench_window, still_open_at_the_end_runs_to_the_end)
+{
+    struct am_bench_window w = {0};
+    am_bench_window_ok(&w, 100, 200);
+    am_bench_window_failed(&w, 1000);
+    cr_assert_eq(am_bench_window_final(&w, 61000), 60000);
+    /* An open failure shorter than an earlier window leaves that one. */
+    struct am_bench_window v = {0};
+    am_bench_window_ok(&v, 100, 90100);
+    am_bench_window_failed(&v, 99000);
+    cr_assert_eq(am_bench_window_final(&v, 100000), 90000);
+}
+
+Test(bench_window, of_a_reply_in_the_nanosecond_it_was_sent_still_marks_the_actor)
+{
+    struct am_bench_window w = {0};
+    am_bench_window_ok(&w, 500, 500);
+    cr_assert_eq(am_bench_window_final(&w, 1000), 1);
 }
 
 Test(bench_args, refuses_verify_for_anything_but_counter_add_with_the_integer)
