@@ -94,6 +94,10 @@ int am_request_decode(struct am_request *r, const uint8_t *body, size_t len)
             am_mp_read_bin(&p, end, &r->payload, &r->payload_len))
             return AM_EPROTO;
         break;
+    case AM_MSG_FETCH:
+        if (n != 3 || read_name(&p, end, &r->type, &r->type_len, AM_MAX_TYPE + 1 + AM_MAX_ID))
+            return AM_EPROTO;
+        break;
     case AM_MSG_STATUS:
     case AM_MSG_MEMBERS:
     case AM_MSG_LEAVE:
@@ -111,6 +115,33 @@ int am_request_decode(struct am_request *r, const uint8_t *body, size_t len)
         return AM_EPROTO;
     }
     return p == end ? 0 : AM_EPROTO;
+}
+
+size_t am_request_call_bytes(const struct am_request *r)
+{
+    return (size_t)r->type_len + r->actor_len + r->action_len + r->payload_len;
+}
+
+void am_request_copy_call(struct am_request *dst, const struct am_request *r, uint8_t *bytes)
+{
+    *dst = *r;
+    uint8_t *p = bytes;
+    if (r->type_len)
+        memcpy(p, r->type, r->type_len);
+    dst->type = (const char *)p;
+    p += r->type_len;
+    if (r->actor_len)
+        memcpy(p, r->actor, r->actor_len);
+    dst->actor = (const char *)p;
+    p += r->actor_len;
+    if (r->action_len)
+        memcpy(p, r->action, r->action_len);
+    dst->action = (const char *)p;
+    p += r->action_len;
+    if (r->payload_len)
+        memcpy(p, r->payload, r->payload_len);
+    dst->payload = p;
+    dst->role = dst->name = NULL;
 }
 
 int am_reply_decode(struct am_reply *r, const uint8_t *body, size_t len)
@@ -227,6 +258,17 @@ int am_encode_snapshot(struct am_buf *out, int kind, uint64_t id, const char *ke
          am_mp_pack_str(&pk, key, key_len) || msgpack_pack_uint64(&pk, epoch) ||
          msgpack_pack_uint64(&pk, seq) || msgpack_pack_bin(&pk, state_len) ||
          (state_len && msgpack_pack_bin_body(&pk, state, state_len));
+    return frame_end(out, at, rc);
+}
+
+int am_encode_fetch(struct am_buf *out, uint64_t id, const char *key, size_t key_len)
+{
+    msgpack_packer pk;
+    int rc;
+    size_t at = frame_begin(out, &pk, &rc);
+    rc = rc || msgpack_pack_array(&pk, 3) ||
+         msgpack_pack_unsigned_int(&pk, (unsigned)AM_MSG_FETCH) || msgpack_pack_uint64(&pk, id) ||
+         am_mp_pack_str(&pk, key, key_len);
     return frame_end(out, at, rc);
 }
 

@@ -32,6 +32,11 @@
  *   REPLICATE [12, req_id, key, epoch, seq, state]     an owner's new state of
  *                                                      actor key for a replica;
  *                                                      peer streams only
+ *   FETCH [13, req_id, key]                            the newest copy of actor
+ *                                                      key held by the receiver,
+ *                                                      asked by an owner before
+ *                                                      it activates the actor;
+ *                                                      peer streams only
  *   REPLY  [128, req_id, status, body]                 body: reply object if
  *                                                      status is 0, else an
  *                                                      error message (str)
@@ -63,6 +68,7 @@ enum am_msg_kind {
     AM_MSG_HANDOFF = 10,
     AM_MSG_HANDOFF_DONE = 11,
     AM_MSG_REPLICATE = 12,
+    AM_MSG_FETCH = 13,
     AM_MSG_REPLY = 128,
 };
 
@@ -98,7 +104,7 @@ struct am_request {
     uint32_t payload_len;
     uint64_t version; /* HELLO only */
     /* HANDOFF and REPLICATE only: the snapshot's version (the key is in type/type_len,
-     * "type/id" whole; the state in payload/payload_len). */
+     * "type/id" whole, as for FETCH; the state in payload/payload_len). */
     uint64_t epoch, seq;
     /* FORWARD only: what was forwarded (AM_MSG_CALL or AM_MSG_CAST), how many
      * hops it has made and the ring version of the node that sent it. */
@@ -111,6 +117,12 @@ struct am_request {
  * (r->has_id says whether r->id can be used to answer it). Names over their
  * limits, empty names and a '/' in a type name are AM_EPROTO too. */
 int am_request_decode(struct am_request *r, const uint8_t *body, size_t len);
+
+/* A call kept past its frame (held, waiting): the bytes its type, id,
+ * action and payload take, and *dst = *r with those copied into bytes
+ * (room for am_request_call_bytes(r)); role and name are cleared. */
+size_t am_request_call_bytes(const struct am_request *r);
+void am_request_copy_call(struct am_request *dst, const struct am_request *r, uint8_t *bytes);
 
 struct am_reply {
     uint64_t id;
@@ -144,6 +156,8 @@ int am_encode_handoff(struct am_buf *out, uint64_t id, const char *key, size_t k
 /* A message with no field but its id: STATUS, MEMBERS, LEAVE, RING, ACTORS
  * or HANDOFF_DONE. */
 int am_encode_simple(struct am_buf *out, int kind, uint64_t id);
+/* FETCH of the newest copy of key. */
+int am_encode_fetch(struct am_buf *out, uint64_t id, const char *key, size_t key_len);
 int am_encode_sync(struct am_buf *out, uint64_t id, const uint8_t *data, size_t len);
 int am_encode_reply(struct am_buf *out, uint64_t id, int status, const uint8_t *body,
                     size_t body_len);

@@ -696,6 +696,7 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
             ? am_encode_snapshot(&p->out, r->kind, id, r->type, r->type_len, r->epoch, r->seq,
                                  r->payload, r->payload_len)
         : r->kind == AM_MSG_HANDOFF_DONE ? am_encode_simple(&p->out, AM_MSG_HANDOFF_DONE, id)
+        : r->kind == AM_MSG_FETCH        ? am_encode_fetch(&p->out, id, r->type, r->type_len)
                                          : am_encode_forward(&p->out, id, r, hops, ring_version);
     if (rc) {
         s->next = p->free_head;
@@ -720,6 +721,8 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
         ps->st.handoffs++;
     else if (r->kind == AM_MSG_REPLICATE)
         ps->st.replicas++;
+    else if (r->kind == AM_MSG_FETCH)
+        ps->st.fetches++;
     else
         ps->st.forwarded++;
     turn_add(p);

@@ -57,6 +57,7 @@ struct am_peers_stats {
     uint64_t forwarded;     /* calls written to a peer stream */
     uint64_t handoffs;      /* HANDOFF snapshots written to a peer stream */
     uint64_t replicas;      /* REPLICATE snapshots written to a peer stream */
+    uint64_t fetches;       /* FETCH requests written to a peer stream */
     uint64_t replies;       /* replies received for them */
     uint64_t refused;       /* refused at once: queue full or peer in backoff */
     uint64_t timeouts;      /* calls failed for want of a reply */
@@ -78,9 +79,8 @@ int am_peers_new(struct am_peers **out, uv_loop_t *loop, const struct am_peers_o
 struct am_peer *am_peers_get(struct am_peers *ps, const char *name, const char *addr);
 
 /* Forwards a decoded CALL, CAST or FORWARD r with the given hop count, or
- * sends a HANDOFF or REPLICATE r (key in type, state in payload) or
- * HANDOFF_DONE r
- * (hops and ring_version unused); the peer's reply comes back the same way. cb
+ * sends a HANDOFF or REPLICATE r (key in type, state in payload), a FETCH r
+ * (key in type) or HANDOFF_DONE r (hops and ring_version unused); the peer's reply comes back the same way. cb
  * runs exactly once, later, with ctx and reply_id (never before this
  * returns). Returns 0, or a negative code and cb never runs: AM_EOVERLOAD
  * (queues full), AM_EUNAVAIL (peer unreachable, in backoff), AM_ESHUTDOWN,

@@ -195,6 +195,14 @@ static const struct row rows[] = {
      "REPLICATEs answered with a newer copy held here."},
     {"replication", "repaired", "replication_repaired_total", COUNTER, 0,
      "States sent to members that became replicas after a ring change."},
+    {"replication", "fetches", "replication_fetches_total", COUNTER, 0,
+     "Activations that asked the members after this node for newer copies first."},
+    {"replication", "fetched_newer", "replication_fetched_newer_total", COUNTER, 0,
+     "Activations that found a newer copy on another member."},
+    {"replication", "fetch_timeouts", "replication_fetch_timeouts_total", COUNTER, 0,
+     "Activations that went ahead without every FETCH answer, after the bound."},
+    {"replication", "fetches_answered", "replication_fetches_answered_total", COUNTER, 0,
+     "FETCHes from other members answered here."},
 };
 
 #define NROWS (sizeof rows / sizeof rows[0])

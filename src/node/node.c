@@ -29,6 +29,7 @@
 #include "placement.h"
 #include "proto.h"
 #include "registry.h"
+#include "fetch.h"
 #include "replica.h"
 #include "ring.h"
 #include "runtime.h"
@@ -66,6 +67,7 @@ struct node {
     uint64_t routed, forwards_in, hop_limited, ring_mismatches;
     struct am_handoff_stats handoff;
     struct am_replication repl; /* replica.h; follows ring and ring_peers */
+    struct am_fetch *fetch;     /* fetch.h: newer copies asked for before an activation */
     /* Handoff to members that join (handoff.h). base: the ring this node
      * last handed off from; a move hands what changed owner from base to
      * the current ring, once the actors this node stopped owning are
@@ -214,6 +216,8 @@ static int pack_status(void *arg, msgpack_packer *pk)
     }
     struct am_peers_stats ps;
     am_peers_get_stats(n->peers, &ps);
+    struct am_fetch_stats fs;
+    am_fetch_get_stats(n->fetch, &fs);
     return msgpack_pack_map(pk, 17) || pack_kv_str(pk, "node", n->cfg.name) ||
            pack_kv_str(pk, "version", AM_VERSION_STRING) ||
            pack_kv_u64(pk, "pid", (uint64_t)getpid()) ||
@@ -292,14 +296,17 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "pauses", n->stalls) ||
            pack_kv_u64(pk, "declared_dead", n->declared_dead_seen) ||
            am_mp_pack_str(pk, "replication", 11) ||
-           msgpack_pack_map(pk, 9) || pack_kv_u64(pk, "replicas", n->cfg.replicas) ||
+           msgpack_pack_map(pk, 13) || pack_kv_u64(pk, "replicas", n->cfg.replicas) ||
            pack_kv_u64(pk, "sent", n->repl.st.sent) || pack_kv_u64(pk, "acked", n->repl.st.acked) ||
            pack_kv_u64(pk, "stale", n->repl.st.stale) ||
            pack_kv_u64(pk, "unreplicated", n->repl.st.unreplicated) ||
            pack_kv_u64(pk, "received", n->repl.st.received) ||
            pack_kv_u64(pk, "stored", n->repl.st.stored) ||
            pack_kv_u64(pk, "newer_here", n->repl.st.newer_here) ||
-           pack_kv_u64(pk, "repaired", n->handoff.repaired) || pack_latency(n, pk) ||
+           pack_kv_u64(pk, "repaired", n->handoff.repaired) ||
+           pack_kv_u64(pk, "fetches", fs.fetches) || pack_kv_u64(pk, "fetched_newer", fs.newer) ||
+           pack_kv_u64(pk, "fetch_timeouts", fs.timeouts) ||
+           pack_kv_u64(pk, "fetches_answered", fs.answered) || pack_latency(n, pk) ||
            pack_types(n, pk);
 }
 
@@ -312,6 +319,10 @@ static void ring_joined(struct node *n);
 static void send_done(struct node *n, const struct am_ring *from, const struct am_ring *to,
                       uint64_t delay_ms);
 static void waiting_prune(struct node *n);
+/* route_call's again: a call run for the first time, a held call run once
+ * more (its FORWARD was counted already), or one whose actor's copies were
+ * fetched (fetch.h: not fetched again). */
+enum { AGAIN_NO = 0, AGAIN_HELD = 1, AGAIN_FETCHED = 2 };
 static int route_call(struct node *n, const struct am_request *r, am_reply_fn cb, void *ctx,
                       char *err, size_t errlen, int again);
 
@@ -459,6 +470,36 @@ static int is_waiting(const struct node *n, const char *name)
     return 0;
 }
 
+/* Runs a call that waited once more: routing, then here or onwards
+ * (held again if it must still wait). */
+static void rerun(struct node *n, struct am_request *r, am_reply_fn cb, void *ctx, int again)
+{
+    char err[400];
+    int kind = r->kind == AM_MSG_FORWARD ? r->fwd_kind : r->kind;
+    int rc = route_call(n, r, cb, ctx, err, sizeof err, again);
+    if (rc == 0) {
+        rc = am_runtime_submit(n->rt, r->id, r->type, r->type_len, r->actor, r->actor_len,
+                               r->action, r->action_len, r->payload, r->payload_len,
+                               kind == AM_MSG_CALL ? cb : NULL, ctx, err, sizeof err);
+        if (rc == 0 && kind != AM_MSG_CALL)
+            cb(ctx, r->id, AM_ST_OK, (const uint8_t *)"\xc0", 1);
+    }
+    if (rc < 0) {
+        uint8_t body[260];
+        size_t len = strlen(err) > 255 ? 255 : strlen(err);
+        body[0] = 0xd9;
+        body[1] = (uint8_t)len;
+        memcpy(body + 2, err, len);
+        cb(ctx, r->id, am_status_of(rc), body, len + 2);
+    }
+}
+
+/* A fetch (fetch.h) is over: the calls for its actor run. */
+static void rerun_fetched(void *arg, struct am_request *r, am_reply_fn cb, void *ctx)
+{
+    rerun(arg, r, cb, ctx, AGAIN_FETCHED);
+}
+
 /* Runs each held call again (routing, then here or onwards); the ones still
  * waiting are held again. */
 static void release_held(struct node *n)
@@ -467,28 +508,10 @@ static void release_held(struct node *n)
     n->held = NULL;
     n->held_tail = &n->held;
     n->nheld = 0;
-    char err[400];
     while (list) {
         struct held *h = list;
         list = h->next;
-        struct am_request *r = &h->r;
-        int kind = r->kind == AM_MSG_FORWARD ? r->fwd_kind : r->kind;
-        int rc = route_call(n, r, h->cb, h->ctx, err, sizeof err, 1);
-        if (rc == 0) {
-            rc = am_runtime_submit(n->rt, r->id, r->type, r->type_len, r->actor, r->actor_len,
-                                   r->action, r->action_len, r->payload, r->payload_len,
-                                   kind == AM_MSG_CALL ? h->cb : NULL, h->ctx, err, sizeof err);
-            if (rc == 0 && kind != AM_MSG_CALL)
-                h->cb(h->ctx, r->id, AM_ST_OK, (const uint8_t *)"\xc0", 1);
-        }
-        if (rc < 0) {
-            uint8_t body[260];
-            size_t len = strlen(err) > 255 ? 255 : strlen(err);
-            body[0] = 0xd9;
-            body[1] = (uint8_t)len;
-            memcpy(body + 2, err, len);
-            h->cb(h->ctx, r->id, am_status_of(rc), body, len + 2);
-        }
+        rerun(n, &h->r, h->cb, h->ctx, AGAIN_HELD);
         am_free(h);
     }
 }
@@ -754,33 +777,37 @@ static int maybe_hold(struct node *n, const struct am_request *r, am_reply_fn cb
         return am_errf(err, errlen, AM_EUNAVAIL,
                        "%s is taking over %s from %s and holds %d calls already; retry",
                        n->cfg.name, key, prev, HOLD_MAX);
-    size_t bytes = r->type_len + r->actor_len + r->action_len + r->payload_len;
-    struct held *h = am_malloc(sizeof *h + bytes);
+    struct held *h = am_malloc(sizeof *h + am_request_call_bytes(r));
     if (!h)
         return am_errf(err, errlen, AM_EOVERLOAD, "out of memory holding a call; retry");
     h->next = NULL;
     h->since = uv_now(&n->loop);
     h->cb = cb;
     h->ctx = ctx;
-    h->r = *r;
-    uint8_t *p = h->bytes;
-    memcpy(p, r->type, r->type_len);
-    h->r.type = (const char *)p;
-    p += r->type_len;
-    memcpy(p, r->actor, r->actor_len);
-    h->r.actor = (const char *)p;
-    p += r->actor_len;
-    memcpy(p, r->action, r->action_len);
-    h->r.action = (const char *)p;
-    p += r->action_len;
-    memcpy(p, r->payload, r->payload_len);
-    h->r.payload = p;
-    h->r.role = h->r.name = NULL;
+    am_request_copy_call(&h->r, r, h->bytes);
     *n->held_tail = h;
     n->held_tail = &h->next;
     n->nheld++;
     n->held_total++;
     return 1;
+}
+
+/* route(): a call for an actor this node owns and has not in memory waits
+ * while the members that may hold a newer copy are asked (fetch.h); 1 when
+ * it waits, 0 when it may run now, or a negative code. */
+static int maybe_fetch(struct node *n, const struct am_request *r, am_reply_fn cb, void *ctx,
+                       char *err, size_t errlen)
+{
+    char key[AM_MAX_TYPE + 1 + AM_MAX_ID];
+    size_t len = (size_t)r->type_len + 1 + r->actor_len;
+    if (!n->fetch || r->type_len > AM_MAX_TYPE || r->actor_len > AM_MAX_ID)
+        return 0;
+    memcpy(key, r->type, r->type_len);
+    key[r->type_len] = '/';
+    memcpy(key + r->type_len + 1, r->actor, r->actor_len);
+    if (am_runtime_is_active(n->rt, key, len))
+        return 0;
+    return am_fetch_hold(n->fetch, r, key, len, cb, ctx, err, errlen);
 }
 
 struct move {
@@ -944,6 +971,7 @@ static void stop_holding(struct node *n)
     n->nwaiting = 0;
     uv_timer_stop(&n->hold_timer);
     release_held(n);
+    am_fetch_stop(n->fetch);
 }
 
 static void on_handoff_done(void *arg, const char *peer)
@@ -1015,10 +1043,10 @@ static int sync_members(void *arg, const uint8_t *msg, size_t len, struct am_buf
 static int route(void *arg, const struct am_request *r, am_reply_fn cb, void *ctx, char *err,
                  size_t errlen)
 {
-    return route_call(arg, r, cb, ctx, err, errlen, 0);
+    return route_call(arg, r, cb, ctx, err, errlen, AGAIN_NO);
 }
 
-/* again: a held call run once more (its FORWARD was counted already). */
+/* again: AGAIN_NO, AGAIN_HELD or AGAIN_FETCHED (above). */
 static int route_call(struct node *n, const struct am_request *r, am_reply_fn cb, void *ctx,
                       char *err, size_t errlen, int again)
 {
@@ -1044,8 +1072,12 @@ static int route_call(struct node *n, const struct am_request *r, am_reply_fn cb
         (am_ring_count(n->ring) == 1 && n->self_idx == 0))
         return 0;
     int owner = am_ring_owner(n->ring, am_ring_key(r->type, r->type_len, r->actor, r->actor_len));
-    if (owner == n->self_idx)
-        return n->nwaiting ? maybe_hold(n, r, cb, ctx, err, errlen) : 0;
+    if (owner == n->self_idx) {
+        int rc = n->nwaiting ? maybe_hold(n, r, cb, ctx, err, errlen) : 0;
+        if (rc || again == AGAIN_FETCHED)
+            return rc;
+        return maybe_fetch(n, r, cb, ctx, err, errlen);
+    }
     const char *name = am_ring_member(n->ring, owner);
     /* The owner would refuse it too; checked here so that an oversized call
      * is answered like a local one instead of growing into a FORWARD over
@@ -1106,6 +1138,12 @@ static int take_handoff(void *arg, const char *peer, const struct am_request *r,
     struct am_handoff_env env = handoff_env(n);
     if (r->kind == AM_MSG_REPLICATE)
         return am_replication_take(&n->repl, peer, r, cb, ctx, err, errlen);
+    if (r->kind == AM_MSG_FETCH) {
+        if (!n->fetch)
+            return am_errf(err, errlen, AM_ESHUTDOWN, "%s is stopping", n->cfg.name);
+        am_fetch_answer(n->fetch, r, cb, ctx);
+        return 0;
+    }
     if (n->stopping)
         return am_errf(err, errlen, AM_ESHUTDOWN, "%s is stopping; handoff not taken", n->cfg.name);
     return am_handoff_take(&env, n->ring, n->wo_self, is_waiting(n, peer), peer, r, cb, ctx,
@@ -1137,6 +1175,8 @@ static int check_peer(void *arg, const char *name, size_t len, const struct sock
 /* Frees the rings and handoff state and closes their timers (once). */
 static void placement_close(struct node *n)
 {
+    am_fetch_free(n->fetch);
+    n->fetch = NULL;
     if (n->ring_timer_open) {
         uv_close((uv_handle_t *)&n->ring_timer, NULL);
         uv_close((uv_handle_t *)&n->release_timer, NULL);
@@ -1435,6 +1475,11 @@ static int start(struct node *n, char *err, size_t errlen)
     n->repl.copies = c->replicas;
     n->repl.self_idx = -1;
     am_runtime_set_replicator(n->rt, &(struct am_replicator){am_replication_send, &n->repl});
+    rc = am_fetch_new(&n->fetch, &n->loop, &n->repl, c->forward_timeout_ms / 4, rerun_fetched, n);
+    if (rc) {
+        snprintf(err, errlen, "cannot set up fetches: %s", am_strerror(rc));
+        return rc;
+    }
     uv_timer_init(&n->loop, &n->ring_timer);
     uv_timer_init(&n->loop, &n->release_timer);
     uv_timer_init(&n->loop, &n->hold_timer);

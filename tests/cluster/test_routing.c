@@ -717,3 +717,67 @@ Test(routing, a_state_larger_than_a_payload_is_replicated_and_survives_its_owner
     for (int k = nl - 1; k >= 0; k--)
         cluster_node_stop_ok(&cluster, live[k]);
 }
+
+/* ---- an owner back with an empty data directory ------------------------ */
+
+/* Owner n0 of 20 counters is killed and comes back at once with an empty
+ * data directory (its disk was replaced), before the failure detector
+ * noticed it had gone: the other nodes' rings never changed, so nobody
+ * hands it anything, and only its replicas hold the counters' states.
+ * Before it activates one it asks the members after it on the ring for
+ * their copies (FETCH) and continues from the newest. Without that it
+ * starts every counter from nothing: 1 instead of 6. */
+Test(routing, an_owner_back_with_an_empty_disk_continues_from_its_replicas, .timeout = 120)
+{
+    const int n = 3;
+    cluster_start(n, "1000");
+    struct am_ring *ring = ring_of(n);
+    char ids[20][16];
+    int found = 0;
+    for (int c = 0; found < 20; c++) {
+        snprintf(ids[found], sizeof ids[found], "e%d", c);
+        if (owner_of(ring, ids[found]) == 0)
+            found++;
+    }
+    am_ring_free(ring);
+    struct proc_result r;
+    for (int k = 0; k < found; k++) {
+        cr_assert_eq(proc_runl(&r, 10000, "call", "--node", w.nodes[1].addr, "counter", ids[k],
+                               "add", "5", (char *)NULL),
+                     0);
+        cr_assert_eq(r.code, 0, "%s: %s%s", ids[k], r.out, r.err);
+        cr_assert_eq(atoi(r.out), 5, "%s: %s", ids[k], r.out);
+        proc_result_free(&r);
+    }
+    cr_assert_eq(proc_node_kill9(&w.nodes[0]), 0);
+    cr_assert_eq(proc_rmtree(w.nodes[0].data), 0);
+    const char *extra[] = {"--idle-timeout", "600000", "--forward-timeout", "1000", NULL};
+    cluster_node_start(&cluster, 0, 1, extra);
+    /* Calls wait (or fail `unavailable`) while n0 joins and waits for the
+     * handoffs that never come (4 x 750 ms); then each counter goes on. */
+    for (int k = 0; k < found; k++) {
+        int64_t until = proc_now_ms() + 30000;
+        for (;;) {
+            cr_assert_eq(proc_runl(&r, 10000, "call", "--node", w.nodes[0].addr, "counter", ids[k],
+                                   "add", "1", (char *)NULL),
+                         0);
+            if (r.code == 0)
+                break;
+            cr_assert(strstr(r.out, "unavailable") || strstr(r.err, "unavailable"),
+                      "%s: not a retryable error: %s%s", ids[k], r.out, r.err);
+            cr_assert_lt(proc_now_ms(), until, "%s: still refused after 30 s: %s%s", ids[k],
+                         r.out, r.err);
+            proc_result_free(&r);
+            proc_sleep_ms(200);
+        }
+        cr_assert_eq(atoi(r.out), 6, "%s is %s after 5 acknowledged and 1 more", ids[k], r.out);
+        proc_result_free(&r);
+    }
+    json_t *st = cluster_status(&cluster, 0);
+    uint64_t newer = cluster_stat(st, "replication", "fetched_newer");
+    json_decref(st);
+    cr_assert_eq(newer, (uint64_t)found, "n0 kept %llu newer copies from its replicas, want %d",
+                 (unsigned long long)newer, found);
+    for (int i = n - 1; i >= 0; i--)
+        cluster_node_stop_ok(&cluster, i);
+}

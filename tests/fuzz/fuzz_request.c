@@ -57,6 +57,8 @@ static void check_reencode(const struct am_request *r)
     else if (r->kind == AM_MSG_HANDOFF || r->kind == AM_MSG_REPLICATE)
         rc = am_encode_snapshot(&out, r->kind, r->id, r->type, r->type_len, r->epoch, r->seq,
                                 r->payload, r->payload_len);
+    else if (r->kind == AM_MSG_FETCH)
+        rc = am_encode_fetch(&out, r->id, r->type, r->type_len);
     else
         rc = am_encode_call(&out, r->kind, r->id, r->type, r->type_len, r->actor, r->actor_len,
                             r->action, r->action_len, r->payload, r->payload_len);
@@ -74,7 +76,9 @@ static void check_reencode(const struct am_request *r)
         CHECK(q.epoch == r->epoch && q.seq == r->seq && q.payload_len == r->payload_len);
         CHECK(r->payload_len == 0 || memcmp(q.payload, r->payload, r->payload_len) == 0);
     }
-    if (r->kind == AM_MSG_HANDOFF || r->kind == AM_MSG_REPLICATE) {
+    if (r->kind == AM_MSG_FETCH)
+        CHECK(same(q.type, q.type_len, r->type, r->type_len));
+    if (r->kind == AM_MSG_HANDOFF || r->kind == AM_MSG_REPLICATE || r->kind == AM_MSG_FETCH) {
         /* checked above */
     } else if (r->kind == AM_MSG_SYNC) {
         CHECK(q.payload_len == r->payload_len);
@@ -143,6 +147,12 @@ static void check_request(const uint8_t *body, size_t len)
         CHECK(r.type_len >= 1 && r.type_len <= AM_MAX_TYPE + 1 + AM_MAX_ID);
         CHECK(inside(r.payload, r.payload_len, body, end));
         CHECK(r.payload + r.payload_len == end);
+        check_reencode(&r);
+        break;
+    case AM_MSG_FETCH:
+        CHECK(inside(r.type, r.type_len, body, end));
+        CHECK(r.type_len >= 1 && r.type_len <= AM_MAX_TYPE + 1 + AM_MAX_ID);
+        CHECK(r.type + r.type_len == (const char *)end);
         check_reencode(&r);
         break;
     case AM_MSG_ACTORS:

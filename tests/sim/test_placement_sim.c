@@ -7,12 +7,9 @@
  * partitions, and an invariant checker (no acknowledged write lost; never two
  * owners in a stable view; replicas back to R after the view settles)".
  *
- * Environment (the variable test_swim_sim.c uses, and two more):
+ * Environment (the variable test_swim_sim.c uses, and one more):
  *   AMESH_SIM_SEEDS=N        N seeds instead of 5 (the k-th seed is fixed)
  *   AMESH_SIM_SEED=S         seed S only, to replay a reported failure
- *   AMESH_SIM_KNOWN_ISSUES=1 also run the reproductions of the losses the
- *                            simulation found in the product (F1-F6 below),
- *                            which fail until they are fixed
  * A violation prints the key's copies, its last events and the faults.
  *
  * ---- The model ----
@@ -132,30 +129,31 @@
  * and no fencing; no release on a ring change; no repair) and asserts that
  * the checker reports the matching invariant.
  *
- * ---- Known issues (AMESH_SIM_KNOWN_ISSUES=1) ----
+ * ---- What the simulation found (all fixed) ----
  *
  * The random runs found acknowledged adds lost with at most one departure at
- * a time; each way has a deterministic reproduction below (30 nodes):
- *  F1 (fixed: the repair keeps the newer copy of a stale answer; its
- *     reproduction runs by default) a former replica restarts (older copy,
- *     same epoch) while the owner's crash is not yet detected: it becomes
- *     the owner, nobody hands it the newest copy (the replica never owned
- *     the key; the stale answer to its repair REPLICATE was dropped), it
- *     activated from its own copy at epoch + 1 and that write replaced the
- *     replica's newer history;
- *  F2 (fixed: node.c refuses calls until the joining node met the cluster;
- *     its reproduction runs by default) a node started with --join ran
- *     calls alone (ring of itself) until its view grew: an add acknowledged
- *     with no replica, from an old copy;
- *  F3 a new node placed before a crashed, undetected owner serves the key
- *     from nothing when its hold expires, its only replica target being the
- *     dead owner: a one-copy fork, and the older history or the fork is lost;
+ * a time; each way has a deterministic reproduction below (30 nodes) that
+ * runs by default and fails if its fix is undone:
+ *  F1 (fixed: the repair keeps the newer copy of a stale answer) a former
+ *     replica restarts (older copy, same epoch) while the owner's crash is
+ *     not yet detected: it becomes the owner, nobody hands it the newest
+ *     copy (the replica never owned the key; the stale answer to its repair
+ *     REPLICATE was dropped), it activated from its own copy at epoch + 1
+ *     and that write replaced the replica's newer history;
+ *  F2 (fixed: node.c refuses calls until the joining node met the cluster)
+ *     a node started with --join ran calls alone (ring of itself) until its
+ *     view grew: an add acknowledged with no replica, from an old copy;
+ *  F3 (fixed: an owner fetches the next R members' copies before it
+ *     activates an actor: fetch.c, fetch() here) a new node placed before a
+ *     crashed, undetected owner served the key from nothing once its wait
+ *     ended, its only replica target being the dead owner: a one-copy fork,
+ *     and the older history or the fork was lost;
  *  F4, F5, F6 (fixed: a node back from a pause drops its actors and holds
  *     their calls until the members that served them hand them back; the
  *     stall is checked by every call routed, so before the first call after
  *     a resume, and a node that learns it was declared dead does the same:
- *     maybe_replaced in node.c, replaced() here; their reproductions run by
- *     default) a resumed owner served at once from what it had:
+ *     maybe_replaced in node.c, replaced() here) a resumed owner served at
+ *     once from what it had:
  *  F4 versions are not unique: a resumed owner and its successor both
  *     activate from the same copy, so their first adds are the same version;
  *     the resumer keeps its own unacknowledged copy on the tie, the handoff
@@ -169,16 +167,17 @@
  *     owner re-activates from the copy it was sent, at a higher epoch, and
  *     its next write replaces the other owner's newer acknowledged adds
  *     (epoch first).
- * A seventh way, after a partition (no reproduction but its seed):
- *  F7 at heal a HANDOFF refused by a receiver whose ring disagrees leaves the
+ * A seventh way, after a partition (no reproduction but its seed), passes
+ * since the F4-F6 fix (the cut-off node is declared dead and hears of it at
+ * the heal):
+ *  F7 at heal a HANDOFF refused by a receiver whose ring disagrees left the
  *     higher-versioned partition-era fork on non-owners; the owner's lower
- *     lineage goes on acknowledging adds, and a later ring change brings
+ *     lineage went on acknowledging adds, and a later ring change brought
  *     the fork back (stale answers, keep_newer), erasing them
  *     (AMESH_SIM_SEED=0x91c1e672, counter/45 at t=209 s).
  * F1 and F3 need a join during a departure and F2 a call to a node that has
- * just started; the CI scenario avoids them (episodes start from a settled
- * cluster; alone_serves off). F7 needs a partition: the fixed seeds do not
- * meet it.
+ * just started: the main scenario starts each episode from a settled
+ * cluster, random_joins_during_departures does not.
  */
 #include "placement.h"
 #include "proto.h"
@@ -332,6 +331,7 @@ struct policy {
     /* Every send needs a new peer stream, which the receiver accepts only
      * from a live member of its view (check_peer). Off: streams are open. */
     bool hello_check;
+    bool no_fetch; /* fetch.c off: an owner activates from its own copy alone */
     const char *name;
 };
 
@@ -436,7 +436,7 @@ struct stats {
     uint64_t repl_sent, unreplicated, stale_answers, keep_newer;
     uint64_t activations, fences, releases;
     uint64_t handoffs, handoffs_current, handoffs_refused, send_failed, repairs, dones;
-    uint64_t holds_expired, replaced;
+    uint64_t holds_expired, replaced, fetched_newer;
     uint64_t crashes, pauses, partitions, leaves, joins, restarts, settles;
     uint64_t stable_steps, ring_builds;
     uint64_t max_settle_ms;
@@ -858,13 +858,41 @@ static enum call_rc route(const struct world *w, int x, int k, unsigned hops, in
     return route(w, owner, k, hops + 1, exec);
 }
 
+/* fetch.c: before the owner x activates k, the next R members after it on
+ * its ring that it can reach answer with their newest copy, and x keeps the
+ * newest of them if newer than its own. */
+static void fetch(struct world *w, int x, int k)
+{
+    struct pnode *n = &w->n[x];
+    if (w->pol.no_fetch || w->pol.copies < 2 || !n->ring || n->ring->count < 2 || n->self_idx < 0)
+        return;
+    unsigned ask = w->pol.copies + 1 > AM_PLACEMENT_MAX_COPIES ? AM_PLACEMENT_MAX_COPIES
+                                                               : w->pol.copies + 1;
+    int targets[AM_PLACEMENT_MAX_COPIES];
+    size_t nt = am_placement_targets(n->ring->ring, n->self_idx, w->khash[k], ask, targets);
+    struct copy best = {.has = false};
+    for (size_t i = 0; i < nt; i++) {
+        int t = n->ring->node_of[targets[i]];
+        const struct copy *c = &w->n[t].store[k];
+        if (reach_data(w, x, t) && c->has &&
+            (!best.has || !vge(best.epoch, best.seq, c->epoch, c->seq)))
+            best = *c;
+    }
+    if (best.has && store_put(w, x, k, &best)) {
+        w->st.fetched_newer++;
+        trc(w, k, T_REPL_STORED, x, -1, &best, -1);
+    }
+}
+
 /* The add op on key k, run at x (its owner by its ring). */
 static enum call_rc exec_add(struct world *w, int x, int k, int op)
 {
     struct pnode *n = &w->n[x];
     struct actor *a = &n->act[k];
-    if (!a->on)
+    if (!a->on) {
+        fetch(w, x, k);
         activate(w, x, k);
+    }
     a->seq++;
     ops_add(&a->ops, op);
     struct copy c = {true, a->epoch, a->seq, a->ops};
@@ -1423,6 +1451,8 @@ static bool read_key(struct world *w, int k, struct ops *out, int *at)
     if (x < 0 || route(w, x, k, 0, &exec) != C_OK)
         return false;
     const struct actor *a = &w->n[exec].act[k];
+    if (!a->on && w->n[exec].ring && w->n[exec].ring->owner[k] == exec)
+        fetch(w, exec, k); /* a get activates the actor, as an add does */
     *out = a->on ? a->ops : w->n[exec].store[k].ops; /* activation loads the store */
     *at = exec;
     return true;
@@ -2013,10 +2043,11 @@ static void print_run(const struct world *w, double secs)
                 " (already there %" PRIu64 ", refused %" PRIu64 "); repairs %" PRIu64
                 "; sends given up %" PRIu64 "; replica sends %" PRIu64 " (unreachable %" PRIu64
                 "); HANDOFF_DONE %" PRIu64 "; holds expired %" PRIu64
-                "; back from a pause or declared dead %" PRIu64,
+                "; back from a pause or declared dead %" PRIu64 "; newer copies fetched %" PRIu64,
                 s->fences, s->stale_answers, s->keep_newer, s->activations, s->releases,
                 s->handoffs, s->handoffs_current, s->handoffs_refused, s->repairs, s->send_failed,
-                s->repl_sent, s->unreplicated, s->dones, s->holds_expired, s->replaced);
+                s->repl_sent, s->unreplicated, s->dones, s->holds_expired, s->replaced,
+                s->fetched_newer);
     cr_log_info(
         "[psim]   invariants: (1) no acknowledged add lost: %s (%" PRIu64
         " key checks with a loss, %" PRIu64 " adds lost at the end, %" PRIu64
@@ -2117,15 +2148,9 @@ Test(placement_sim, checker_reports_violations_under_broken_policies)
     assert_no_leak();
 }
 
-/* ---- known issues: targeted reproductions of losses the random runs
- * found, each of a single crash (or none) and a join at once. They fail with
- * node.c as it is, so they run only with AMESH_SIM_KNOWN_ISSUES=1. ---- */
-
-static bool known_issues(void)
-{
-    const char *e = getenv("AMESH_SIM_KNOWN_ISSUES");
-    return e && *e && strcmp(e, "0") != 0;
-}
+/* ---- reproductions of the losses the random runs found (F1-F6), each of
+ * a single crash, pause or join at once; all fixed, so they run by
+ * default and would fail if a fix were undone. ---- */
 
 static const struct rent *common_ring(struct world *w)
 {
@@ -2235,11 +2260,12 @@ Test(placement_sim,
  * is declared dead), then serves the key from nothing, and its replica by
  * its ring is O, unreachable: its adds are acknowledged with one copy. Once
  * O leaves the rings, J's copy and the replica P's diverge; the higher
- * version wins and the other's acknowledged adds are gone. */
-Test(placement_sim, known_issue_new_node_joining_during_an_owner_crash_acknowledges_a_fork)
+ * version wins and the other's acknowledged adds are gone. Fixed: before J
+ * activates the key it asks the next R members after it on its ring (O
+ * and P while O is on it, P and one more after) for their copies and
+ * starts from the newest (fetch.c; fetch() here). */
+Test(placement_sim, a_new_node_joining_during_an_owner_crash_starts_from_the_replica)
 {
-    if (!known_issues())
-        cr_skip_test("a known loss (F3); AMESH_SIM_KNOWN_ISSUES=1 runs it");
     struct policy pol = {.copies = 2, .name = "F3: join during an owner crash"};
     struct world *w = world_new(seed_at(0), &pol);
     start_cluster(w, 30);
@@ -2383,11 +2409,10 @@ Test(placement_sim, owners_alternating_after_a_resume_lose_no_acknowledged_add)
     assert_no_leak();
 }
 
-/* The random scenario with joins also during departures (F1 and F3 there). */
-Test(placement_sim, known_issue_random_joins_during_departures)
+/* The random scenario with joins also during departures, where F1 and F3
+ * were found. */
+Test(placement_sim, random_joins_during_departures_lose_nothing_acknowledged)
 {
-    if (!known_issues())
-        cr_skip_test("known losses (F1, F3); AMESH_SIM_KNOWN_ISSUES=1 runs it");
     uint64_t bad = 0;
     for (size_t i = 0; i < seed_count(); i++) {
         struct run_cfg cfg = {.seed = seed_at(i),

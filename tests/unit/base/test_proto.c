@@ -345,6 +345,43 @@ Test(proto, round_trips_a_replicate_with_an_empty_state)
     CHECK_LEAKS();
 }
 
+Test(proto, round_trips_a_fetch_and_refuses_a_malformed_one)
+{
+    struct am_buf out;
+    size_t len;
+    struct am_request r;
+    am_buf_init(&out);
+    cr_assert_eq(am_encode_fetch(&out, 5, "counter/c1", 10), 0);
+    const uint8_t *body = one_frame(&out, &len);
+    cr_assert_eq(am_request_decode(&r, body, len), 0);
+    cr_assert_eq(r.kind, AM_MSG_FETCH);
+    cr_assert_eq(r.id, 5);
+    cr_assert(streq(r.type, r.type_len, "counter/c1"));
+    am_buf_close(&out);
+    struct msg m;
+    /* A fourth element, an empty key, a key over 319 bytes: refused. */
+    msg_init(&m);
+    head(&m, 4, AM_MSG_FETCH, 6);
+    str(&m, "counter/c1");
+    msgpack_pack_uint64(&m.pk, 1);
+    cr_assert_eq(decode_req(&r, &m), AM_EPROTO);
+    msg_close(&m);
+    msg_init(&m);
+    head(&m, 3, AM_MSG_FETCH, 7);
+    str(&m, "");
+    cr_assert_eq(decode_req(&r, &m), AM_EPROTO);
+    msg_close(&m);
+    char big[AM_MAX_TYPE + 1 + AM_MAX_ID + 2];
+    memset(big, 'k', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    msg_init(&m);
+    head(&m, 3, AM_MSG_FETCH, 8);
+    str(&m, big);
+    cr_assert_eq(decode_req(&r, &m), AM_EPROTO);
+    msg_close(&m);
+    CHECK_LEAKS();
+}
+
 Test(proto, round_trips_a_reply)
 {
     static const uint8_t reply[] = {0x81, 0xa7, 'b', 'a',  'l',  'a',
@@ -1061,6 +1098,10 @@ static int check_request(const uint8_t *in, size_t n)
     case AM_MSG_REPLICATE:
         INSIDE(r.type, r.type_len);
         INSIDE(r.payload, r.payload_len);
+        cr_assert(r.type_len >= 1 && r.type_len <= AM_MAX_TYPE + 1 + AM_MAX_ID);
+        break;
+    case AM_MSG_FETCH:
+        INSIDE(r.type, r.type_len);
         cr_assert(r.type_len >= 1 && r.type_len <= AM_MAX_TYPE + 1 + AM_MAX_ID);
         break;
     case AM_MSG_ACTORS:
