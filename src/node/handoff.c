@@ -257,6 +257,27 @@ static void pump(struct leave *l)
         finish(l);
 }
 
+/* The HANDOFFs go before the REPLICATEs to new replicas: a newcomer holds
+ * the calls for an actor until its handoff is there, nobody waits for a
+ * new replica. Stable, so each kind keeps the store's key order. */
+static int handoffs_first(struct leave *l)
+{
+    if (l->nkeys < 2)
+        return 0;
+    struct entry *sorted = am_malloc(l->nkeys * sizeof *sorted);
+    if (!sorted)
+        return -ENOMEM;
+    size_t k = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < l->nkeys; i++)
+            if ((l->offs[i].kind == AM_MSG_HANDOFF) == (pass == 0))
+                sorted[k++] = l->offs[i];
+    am_free(l->offs);
+    l->offs = sorted;
+    l->cap = l->nkeys;
+    return 0;
+}
+
 /* Hands off what moves from ring (this node at self_idx) to next (which l
  * owns and this function frees on error). */
 static int move(struct leave *l, const struct am_ring *ring, int self_idx, const char *what)
@@ -274,6 +295,8 @@ static int move(struct leave *l, const struct am_ring *ring, int self_idx, const
     }
     if (!rc)
         rc = am_store_each_key(l->env.store, collect, l);
+    if (!rc)
+        rc = handoffs_first(l);
     if (!rc && l->nkeys &&
         (!(l->tries = am_calloc(l->nkeys, 1)) || !(l->later = am_malloc(l->nkeys * 4)) ||
          !(l->ready = am_malloc(l->nkeys * 4))))
@@ -383,6 +406,8 @@ struct take {
     uint8_t *state;
     struct am_replicator repl;
     unsigned waits; /* replicas not yet answered */
+    void (*taken)(void *arg, const char *key, size_t len); /* from the previous owner */
+    void *taken_arg;
     char key[];
 };
 
@@ -399,6 +424,8 @@ static void on_replicated(void *ctx, int stale)
     if (--t->waits)
         return;
     t->cb(t->ctx, t->id, AM_ST_OK, (const uint8_t *)"\xc0", 1);
+    if (t->taken)
+        t->taken(t->taken_arg, t->key, strlen(t->key));
     take_free(t);
 }
 
@@ -415,11 +442,15 @@ static void on_stored(struct am_store_write *w, int status)
         if (t->waits)
             return;
         t->cb(t->ctx, t->id, AM_ST_OK, &nil, 1);
+        if (t->taken)
+            t->taken(t->taken_arg, t->key, w->key_len);
     } else if (status == 0) {
         /* Stored, or a copy here is as new (it was handed here before). */
         t->st->received += !w->stale;
         t->st->current += w->stale != 0;
         t->cb(t->ctx, t->id, AM_ST_OK, &nil, 1);
+        if (t->taken)
+            t->taken(t->taken_arg, t->key, w->key_len);
     } else {
         char msg[200];
         uint8_t body[210];
@@ -466,6 +497,8 @@ int am_handoff_take(const struct am_handoff_env *env, const struct am_ring *ring
     if (am_runtime_fence(env->rt, key, len, r->epoch, r->seq) < 0) {
         st->current++;
         cb(ctx, r->id, AM_ST_OK, (const uint8_t *)"\xc0", 1);
+        if (from_previous && env->taken)
+            env->taken(env->taken_arg, key, len);
         return 0;
     }
     struct take *t = am_calloc(1, sizeof *t + len + 1);
@@ -483,6 +516,10 @@ int am_handoff_take(const struct am_handoff_env *env, const struct am_ring *ring
     t->ctx = ctx;
     t->id = r->id;
     t->repl = env->repl;
+    if (from_previous) {
+        t->taken = env->taken;
+        t->taken_arg = env->taken_arg;
+    }
     t->w.key = t->key;
     t->w.key_len = len;
     t->w.epoch = r->epoch;

@@ -62,6 +62,12 @@ struct am_handoff_env {
     /* When set and *abort becomes non-zero, a move sends nothing more: it
      * finishes once the snapshots in flight are answered (a stopping node). */
     const int *abort;
+    /* When set, called as a HANDOFF from the member this node waits for
+     * (the actor's previous owner) is answered OK: its newest copy is here
+     * now (stored, or here already), so its calls need not wait for the
+     * member's HANDOFF_DONE. */
+    void (*taken)(void *arg, const char *key, size_t len);
+    void *taken_arg;
 };
 
 struct am_handoff_stats {
