@@ -367,6 +367,7 @@ struct pnode {
     bool seen_others, joiner, stopping, moving, leave_handoff, left_called;
     bool waiting[NODES];
     int nwaiting;
+    bool handed[NKEYS]; /* the previous owner's HANDOFF was taken while waiting */
     uint64_t wait_until;
     uint64_t declared_seen; /* the core's declared_dead count, handled (node.c) */
     struct pend *pend;
@@ -805,6 +806,9 @@ static enum take_rc take_handoff(struct world *w, int t, int s, int k, const str
         trc(w, k, T_HANDOFF_REFUSED, t, s, c, -1);
         return TAKE_REFUSED;
     }
+    /* node.c's on_taken: the key's calls no longer wait for s's DONE. */
+    if (from_previous)
+        T->handed[k] = true;
     if (!w->pol.no_versions && T->act[k].on) {
         if (vge(T->act[k].epoch, T->act[k].seq, c->epoch, c->seq)) {
             trc(w, k, T_HANDOFF_REFUSED, t, s, c, -1);
@@ -827,7 +831,7 @@ static enum take_rc take_handoff(struct world *w, int t, int s, int k, const str
 static bool held(const struct world *w, int x, int k)
 {
     const struct pnode *n = &w->n[x];
-    if (!n->nwaiting)
+    if (!n->nwaiting || n->handed[k])
         return false;
     int prev = previous_owner(w, x, k);
     return prev >= 0 && n->waiting[prev];
@@ -1168,6 +1172,7 @@ static void waiting_prune(struct world *w, int x)
 static void start_waiting(struct world *w, int x)
 {
     struct pnode *n = &w->n[x];
+    memset(n->handed, 0, sizeof n->handed);
     for (int i = 0; i < n->ring->count; i++) {
         int m = n->ring->node_of[i];
         if (m != x && !n->waiting[m]) {
