@@ -301,13 +301,16 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "pauses", n->stalls) ||
            pack_kv_u64(pk, "declared_dead", n->declared_dead_seen) ||
            am_mp_pack_str(pk, "replication", 11) ||
-           msgpack_pack_map(pk, 13) || pack_kv_u64(pk, "replicas", n->cfg.replicas) ||
+           msgpack_pack_map(pk, 16) || pack_kv_u64(pk, "replicas", n->cfg.replicas) ||
            pack_kv_u64(pk, "sent", n->repl.st.sent) || pack_kv_u64(pk, "acked", n->repl.st.acked) ||
            pack_kv_u64(pk, "stale", n->repl.st.stale) ||
            pack_kv_u64(pk, "unreplicated", n->repl.st.unreplicated) ||
            pack_kv_u64(pk, "received", n->repl.st.received) ||
            pack_kv_u64(pk, "stored", n->repl.st.stored) ||
            pack_kv_u64(pk, "newer_here", n->repl.st.newer_here) ||
+           pack_kv_u64(pk, "retried", n->repl.st.retried) ||
+           pack_kv_u64(pk, "retry_pending", n->repl.st.retry_pending) ||
+           pack_kv_u64(pk, "retry_dropped", n->repl.st.retry_dropped) ||
            pack_kv_u64(pk, "repaired", n->handoff.repaired) ||
            pack_kv_u64(pk, "fetches", fs.fetches) || pack_kv_u64(pk, "fetched_newer", fs.newer) ||
            pack_kv_u64(pk, "fetch_timeouts", fs.timeouts) ||
@@ -1278,6 +1281,7 @@ static void placement_close(struct node *n)
 {
     am_fetch_free(n->fetch);
     n->fetch = NULL;
+    am_replication_close(&n->repl);
     if (n->ring_timer_open) {
         uv_close((uv_handle_t *)&n->ring_timer, NULL);
         uv_close((uv_handle_t *)&n->release_timer, NULL);

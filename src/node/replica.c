@@ -16,6 +16,157 @@
 /* Undeliverable replicas are logged once per this many (the count is in
  * status). */
 #define LOG_EVERY 1000
+/* The queue of keys to send again: checked every RETRY_MS, at most
+ * RETRY_BATCH keys a time, at most RETRY_MAX keys waiting (beyond, the
+ * next write or ring change repairs them). */
+#define RETRY_MS 1000
+#define RETRY_BATCH 1024
+#define RETRY_MAX 65536
+
+/* ---- sending again ------------------------------------------------------ */
+
+struct am_replica_retry {
+    uv_timer_t timer;
+    struct am_replication *rp;
+    char **keys; /* waiting, oldest first (NUL-terminated copies) */
+    size_t n, cap;
+    uint64_t *set; /* the waiting keys' hashes, open addressing, 0 free */
+    size_t set_cap;
+    int closing;
+};
+
+static uint64_t retry_hash(const char *key, size_t len)
+{
+    uint64_t h = am_ring_key_of(key, len);
+    return h ? h : 1;
+}
+
+/* 1 when added to the set, 0 when it was there. */
+static int set_add(struct am_replica_retry *q, uint64_t h)
+{
+    size_t i = h & (q->set_cap - 1);
+    while (q->set[i]) {
+        if (q->set[i] == h)
+            return 0;
+        i = (i + 1) & (q->set_cap - 1);
+    }
+    q->set[i] = h;
+    return 1;
+}
+
+static void on_retry_timer(uv_timer_t *h);
+
+static void retry_add(struct am_replication *rp, const char *key, size_t len)
+{
+    struct am_replica_retry *q = rp->retry;
+    if (!q) {
+        q = am_calloc(1, sizeof *q);
+        if (!q || !(q->set = am_calloc(2 * RETRY_MAX, sizeof *q->set))) {
+            am_free(q);
+            rp->st.retry_dropped++;
+            return;
+        }
+        q->set_cap = 2 * RETRY_MAX;
+        q->rp = rp;
+        uv_timer_init(rp->loop, &q->timer);
+        q->timer.data = q;
+        rp->retry = q;
+    }
+    if (q->closing)
+        return;
+    if (q->n >= RETRY_MAX) {
+        rp->st.retry_dropped++;
+        return;
+    }
+    if (!set_add(q, retry_hash(key, len)))
+        return;
+    if (q->n == q->cap) {
+        size_t cap = q->cap ? 2 * q->cap : 64;
+        char **k = am_realloc(q->keys, cap * sizeof *k);
+        if (!k) {
+            rp->st.retry_dropped++;
+            return;
+        }
+        q->keys = k;
+        q->cap = cap;
+    }
+    char *copy = am_strndup(key, len);
+    if (!copy) {
+        rp->st.retry_dropped++;
+        return;
+    }
+    q->keys[q->n++] = copy;
+    rp->st.retry_pending = q->n;
+    if (!uv_is_active((uv_handle_t *)&q->timer))
+        uv_timer_start(&q->timer, on_retry_timer, RETRY_MS, RETRY_MS);
+}
+
+static unsigned send_state(struct am_replication *rp, const char *key, size_t key_len,
+                           uint64_t epoch, uint64_t seq, const uint8_t *state, size_t len,
+                           am_replica_done_fn done, void *ctx, int retry);
+
+static void retry_sent(void *ctx, int stale)
+{
+    (void)ctx;
+    (void)stale; /* a newer copy there: the replica is not behind */
+}
+
+/* The oldest keys waiting are sent again, each as the owner stores it now,
+ * to its replicas by the ring now; one that fails again is queued again. */
+static void on_retry_timer(uv_timer_t *h)
+{
+    struct am_replica_retry *q = h->data;
+    struct am_replication *rp = q->rp;
+    size_t take = q->n < RETRY_BATCH ? q->n : RETRY_BATCH;
+    char **batch = am_malloc((take ? take : 1) * sizeof *batch);
+    if (!batch)
+        return;
+    memcpy(batch, q->keys, take * sizeof *batch);
+    memmove(q->keys, q->keys + take, (q->n - take) * sizeof *q->keys);
+    q->n -= take;
+    memset(q->set, 0, q->set_cap * sizeof *q->set);
+    for (size_t i = 0; i < q->n; i++)
+        set_add(q, retry_hash(q->keys[i], strlen(q->keys[i])));
+    struct am_buf state;
+    am_buf_init(&state);
+    for (size_t i = 0; i < take; i++) {
+        const char *key = batch[i];
+        size_t len = strlen(key);
+        uint64_t epoch, seq;
+        if (rp->ring && rp->self_idx >= 0 &&
+            am_ring_owner(rp->ring, am_ring_key_of(key, len)) == rp->self_idx &&
+            am_store_get(rp->store, key, len, &state, &epoch, &seq) == 0) {
+            rp->st.retried++;
+            send_state(rp, key, len, epoch, seq, state.data, state.len, retry_sent, NULL, 1);
+        }
+        am_free(batch[i]);
+    }
+    am_buf_close(&state);
+    am_free(batch);
+    rp->st.retry_pending = q->n;
+    if (!q->n)
+        uv_timer_stop(&q->timer);
+}
+
+static void on_retry_closed(uv_handle_t *h)
+{
+    struct am_replica_retry *q = h->data;
+    for (size_t i = 0; i < q->n; i++)
+        am_free(q->keys[i]);
+    am_free(q->keys);
+    am_free(q->set);
+    am_free(q);
+}
+
+void am_replication_close(struct am_replication *rp)
+{
+    struct am_replica_retry *q = rp->retry;
+    if (!q)
+        return;
+    rp->retry = NULL;
+    q->closing = 1;
+    uv_close((uv_handle_t *)&q->timer, on_retry_closed);
+}
 
 /* ---- sending ------------------------------------------------------------ */
 
@@ -23,6 +174,7 @@ struct send {
     struct am_replication *rp;
     am_replica_done_fn done;
     void *ctx;
+    int retry; /* a state sent again: counted in retried only */
 };
 
 /* A newer copy a replica answered with: kept here (as a replica record,
@@ -77,9 +229,11 @@ static void on_replica_reply(void *ctx, uint64_t id, int status, const uint8_t *
     int stale = 0;
     if (status == AM_ST_OK && len && body[0] != 0xc0) {
         stale = 1;
-        rp->st.stale++;
+        rp->st.stale += !s->retry;
     } else if (status == AM_ST_OK) {
-        rp->st.acked++;
+        rp->st.acked += !s->retry;
+    } else if (s->retry) {
+        /* queued again by on_keyed_reply */
     } else if (rp->st.unreplicated++ % LOG_EVERY == 0) {
         const uint8_t *p = body;
         const char *msg = "";
@@ -107,6 +261,8 @@ static void on_keyed_reply(void *ctx, uint64_t id, int status, const uint8_t *bo
     struct send_keyed *k = ctx;
     if (status == AM_ST_OK && len && body[0] != 0xc0)
         am_replication_keep_newer(k->s.rp->store, k->key, k->key_len, body, len);
+    else if (status != AM_ST_OK)
+        retry_add(k->s.rp, k->key, k->key_len);
     on_replica_reply(&k->s, id, status, body, len);
     /* on_replica_reply freed &k->s, which is k */
 }
@@ -115,7 +271,13 @@ unsigned am_replication_send(void *arg, const char *key, size_t key_len, uint64_
                              uint64_t seq, const uint8_t *state, size_t len,
                              am_replica_done_fn done, void *ctx)
 {
-    struct am_replication *rp = arg;
+    return send_state(arg, key, key_len, epoch, seq, state, len, done, ctx, 0);
+}
+
+static unsigned send_state(struct am_replication *rp, const char *key, size_t key_len,
+                           uint64_t epoch, uint64_t seq, const uint8_t *state, size_t len,
+                           am_replica_done_fn done, void *ctx, int retry)
+{
     int targets[AM_PLACEMENT_MAX_COPIES];
     if (!rp->ring || rp->copies < 2)
         return 0;
@@ -135,21 +297,24 @@ unsigned am_replication_send(void *arg, const char *key, size_t key_len, uint64_
         struct am_peer *p = rp->ring_peers ? rp->ring_peers[targets[i]] : NULL;
         struct send_keyed *k = am_malloc(sizeof *k + key_len);
         char err[300];
-        rp->st.sent++;
+        rp->st.sent += !retry;
         if (!p || !k) {
             am_free(k);
-            rp->st.unreplicated++;
+            rp->st.unreplicated += !retry;
+            retry_add(rp, key, key_len);
             continue;
         }
         k->s.rp = rp;
         k->s.done = done;
         k->s.ctx = ctx;
+        k->s.retry = retry;
         k->key_len = key_len;
         memcpy(k->key, key, key_len);
         if (am_peer_forward(p, &r, 0, 0, 0, on_keyed_reply, k, err, sizeof err)) {
-            if (rp->st.unreplicated++ % LOG_EVERY == 0)
+            if (!retry && rp->st.unreplicated++ % LOG_EVERY == 0)
                 am_log_warn("a state could not be replicated (%llu so far): %s",
                             (unsigned long long)rp->st.unreplicated, err);
+            retry_add(rp, key, key_len);
             am_free(k);
             continue;
         }

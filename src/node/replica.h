@@ -20,9 +20,14 @@
  * A replica that cannot be reached (its stream fails or times out, or its
  * queue is full) does not fail the write: the state is committed on the
  * owner and on the replicas that answered, and the shortfall is counted
- * (`unreplicated` in status). The ring drops a dead member within the
- * failure detector's time, and the repair after each ring change
- * (am_handoff_move) copies states to the replicas that gained them.
+ * (`unreplicated` in status). The key is queued, and every second the
+ * owner sends its stored state again to the key's replicas by its ring
+ * then (if it still owns the key), until they all take it: a replica that
+ * was unreachable for a moment (restarted, paused, its stream backing off)
+ * gets what it missed without waiting for the actor's next write. The ring
+ * drops a dead member within the failure detector's time, and the repair
+ * after each ring change (am_handoff_move) copies states to the replicas
+ * that gained them.
  *
  * When an owner dies, its first replica is the next owner by the ring; it
  * activates the actor from the newest copy it holds (am_store_get reads
@@ -48,7 +53,12 @@ struct am_replica_stats {
     uint64_t received;     /* REPLICATE frames taken from owners */
     uint64_t stored;       /* ... stored as this node's replica */
     uint64_t newer_here;   /* ... answered with a newer copy held here */
+    uint64_t retried;      /* states sent again after a REPLICATE failed */
+    uint64_t retry_pending; /* keys waiting to be sent again, now */
+    uint64_t retry_dropped; /* failed keys not queued: the queue was full */
 };
+
+struct am_replica_retry;
 
 struct am_replication {
     uv_loop_t *loop;
@@ -62,7 +72,11 @@ struct am_replication {
     struct am_peer *const *ring_peers;
     int self_idx; /* this node in ring, or -1 */
     struct am_replica_stats st;
+    struct am_replica_retry *retry; /* created at the first failure */
 };
+
+/* Stops sending again and frees the queue (the node stops). */
+void am_replication_close(struct am_replication *rp);
 
 /* A replica answered a REPLICATE with its newer copy, body [epoch, seq,
  * state]: stores it here as a replica record if newer than what is here
