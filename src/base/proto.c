@@ -98,6 +98,12 @@ int am_request_decode(struct am_request *r, const uint8_t *body, size_t len)
         if (n != 3 || read_name(&p, end, &r->type, &r->type_len, AM_MAX_TYPE + 1 + AM_MAX_ID))
             return AM_EPROTO;
         break;
+    case AM_MSG_DIGEST:
+    case AM_MSG_VERSIONS:
+        if (n != 4 || am_mp_read_uint(&p, end, &r->ring_version) ||
+            am_mp_read_bin(&p, end, &r->payload, &r->payload_len))
+            return AM_EPROTO;
+        break;
     case AM_MSG_STATUS:
     case AM_MSG_MEMBERS:
     case AM_MSG_LEAVE:
@@ -269,6 +275,19 @@ int am_encode_fetch(struct am_buf *out, uint64_t id, const char *key, size_t key
     rc = rc || msgpack_pack_array(&pk, 3) ||
          msgpack_pack_unsigned_int(&pk, (unsigned)AM_MSG_FETCH) || msgpack_pack_uint64(&pk, id) ||
          am_mp_pack_str(&pk, key, key_len);
+    return frame_end(out, at, rc);
+}
+
+int am_encode_digest(struct am_buf *out, int kind, uint64_t id, uint64_t ring_version,
+                     const uint8_t *digests, size_t len)
+{
+    msgpack_packer pk;
+    int rc;
+    size_t at = frame_begin(out, &pk, &rc);
+    rc = rc || len > UINT32_MAX || msgpack_pack_array(&pk, 4) ||
+         msgpack_pack_unsigned_int(&pk, (unsigned)kind) ||
+         msgpack_pack_uint64(&pk, id) || msgpack_pack_uint64(&pk, ring_version) ||
+         msgpack_pack_bin(&pk, len) || (len && msgpack_pack_bin_body(&pk, digests, len));
     return frame_end(out, at, rc);
 }
 

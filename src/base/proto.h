@@ -37,6 +37,13 @@
  *                                                      asked by an owner before
  *                                                      it activates the actor;
  *                                                      peer streams only
+ *   DIGEST [14, req_id, ring_version, digests]         an owner's digests of the
+ *                                                      states the receiver should
+ *                                                      replicate (bin, 64 x 8
+ *                                                      bytes); peer streams only
+ *   VERSIONS [15, req_id, ring_version, entries]       the keys and versions of
+ *                                                      differing digest ranges
+ *                                                      (bin); peer streams only
  *   REPLY  [128, req_id, status, body]                 body: reply object if
  *                                                      status is 0, else an
  *                                                      error message (str)
@@ -69,6 +76,8 @@ enum am_msg_kind {
     AM_MSG_HANDOFF_DONE = 11,
     AM_MSG_REPLICATE = 12,
     AM_MSG_FETCH = 13,
+    AM_MSG_DIGEST = 14,
+    AM_MSG_VERSIONS = 15,
     AM_MSG_REPLY = 128,
 };
 
@@ -107,7 +116,8 @@ struct am_request {
      * "type/id" whole, as for FETCH; the state in payload/payload_len). */
     uint64_t epoch, seq;
     /* FORWARD only: what was forwarded (AM_MSG_CALL or AM_MSG_CAST), how many
-     * hops it has made and the ring version of the node that sent it. */
+     * hops it has made and the ring version of the node that sent it (DIGEST
+     * too: its ring version, the digests in payload). */
     int fwd_kind;
     unsigned hops;
     uint64_t ring_version;
@@ -158,6 +168,10 @@ int am_encode_handoff(struct am_buf *out, uint64_t id, const char *key, size_t k
 int am_encode_simple(struct am_buf *out, int kind, uint64_t id);
 /* FETCH of the newest copy of key. */
 int am_encode_fetch(struct am_buf *out, uint64_t id, const char *key, size_t key_len);
+/* DIGEST or VERSIONS (kind): ring_version, and the digests or entries as
+ * one bin. */
+int am_encode_digest(struct am_buf *out, int kind, uint64_t id, uint64_t ring_version,
+                     const uint8_t *digests, size_t len);
 int am_encode_sync(struct am_buf *out, uint64_t id, const uint8_t *data, size_t len);
 int am_encode_reply(struct am_buf *out, uint64_t id, int status, const uint8_t *body,
                     size_t body_len);

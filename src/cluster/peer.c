@@ -697,6 +697,8 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
                                  r->payload, r->payload_len)
         : r->kind == AM_MSG_HANDOFF_DONE ? am_encode_simple(&p->out, AM_MSG_HANDOFF_DONE, id)
         : r->kind == AM_MSG_FETCH        ? am_encode_fetch(&p->out, id, r->type, r->type_len)
+        : r->kind == AM_MSG_DIGEST || r->kind == AM_MSG_VERSIONS
+            ? am_encode_digest(&p->out, r->kind, id, r->ring_version, r->payload, r->payload_len)
                                          : am_encode_forward(&p->out, id, r, hops, ring_version);
     if (rc) {
         s->next = p->free_head;
@@ -721,7 +723,7 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
         ps->st.handoffs++;
     else if (r->kind == AM_MSG_REPLICATE)
         ps->st.replicas++;
-    else if (r->kind == AM_MSG_FETCH)
+    else if (r->kind == AM_MSG_FETCH || r->kind == AM_MSG_DIGEST || r->kind == AM_MSG_VERSIONS)
         ps->st.fetches++;
     else
         ps->st.forwarded++;

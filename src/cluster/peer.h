@@ -57,7 +57,7 @@ struct am_peers_stats {
     uint64_t forwarded;     /* calls written to a peer stream */
     uint64_t handoffs;      /* HANDOFF snapshots written to a peer stream */
     uint64_t replicas;      /* REPLICATE snapshots written to a peer stream */
-    uint64_t fetches;       /* FETCH requests written to a peer stream */
+    uint64_t fetches;       /* FETCH, DIGEST and VERSIONS requests written to a peer stream */
     uint64_t replies;       /* replies received for them */
     uint64_t refused;       /* refused at once: queue full or peer in backoff */
     uint64_t timeouts;      /* calls failed for want of a reply */

@@ -27,7 +27,7 @@
 #include <string.h>
 
 enum kind {
-    K_STR, K_ADDR, K_SIZE, K_UINT, K_SYNC, K_LEVEL, K_FORMAT, K_LIB, K_JOIN, K_PROFILE, K_CONFIG,
+    K_STR, K_ADDR, K_SIZE, K_UINT, K_UINT0, K_SYNC, K_LEVEL, K_FORMAT, K_LIB, K_JOIN, K_PROFILE, K_CONFIG,
     K_HTTP_AUTH
 };
 
@@ -64,6 +64,7 @@ static const struct option_row rows[] = {
     {"max-inflight", K_UINT, F(max_inflight), 1u << 20, "N         calls in flight per connection (4096)"},
     {"replicas", K_UINT, F(replicas), AM_MAX_REPLICAS, "N         copies of each actor's state, on distinct nodes (2)"},
     {"forward-timeout", K_UINT, F(forward_timeout_ms), 3600000, "MS        a call forwarded to its owner fails (retryable)\n                               without a reply after (5000)"},
+    {"anti-entropy", K_UINT0, F(anti_entropy_ms), 86400000, "MS        compare digests with each replica about every MS\n                               (30000; 0: never)"},
     {"http", K_ADDR, F(http), 0, "HOST:PORT serve the HTTP API here (default: off)"},
     {"http-token-file", K_STR, F(http_token_file), 0, "FILE      the HTTP API's bearer token (default: derived from the\n                               cluster key; none without a key)"},
     {"http-auth", K_HTTP_AUTH, F(http_auth_all), 0, "WHAT      what needs the token: api (/v1/*, the default) | all\n                               (/metrics too); /health/* stays open"},
@@ -143,10 +144,12 @@ static int set(struct am_config *c, const struct option_row *r, const char *v, c
         return 0;
     case K_SIZE:
     case K_UINT:
-        if (am_config_parse_size(v, r->max, &n) || n == 0 ||
-            (r->kind == K_UINT && strpbrk(v, "kKmMgG"))) {
-            snprintf(err, errlen, "%s: '%s' is not a number from 1 to %" PRIu64 "%s", from, v,
-                     r->max, r->kind == K_SIZE ? " (k, m, g suffixes allowed)" : "");
+    case K_UINT0: /* 0 allowed: "never" */
+        if (am_config_parse_size(v, r->max, &n) || (n == 0 && r->kind != K_UINT0) ||
+            (r->kind != K_SIZE && strpbrk(v, "kKmMgG"))) {
+            snprintf(err, errlen, "%s: '%s' is not a number from %d to %" PRIu64 "%s", from, v,
+                     r->kind == K_UINT0 ? 0 : 1, r->max,
+                     r->kind == K_SIZE ? " (k, m, g suffixes allowed)" : "");
             return -EINVAL;
         }
         break;
@@ -479,6 +482,7 @@ int am_config_parse(struct am_config *c, int argc, char **argv, char *err, size_
     c->max_connections = 10000;
     c->max_inflight = 4096;
     c->forward_timeout_ms = 5000;
+    c->anti_entropy_ms = 30000;
     c->replicas = 2;
     c->http_timeout_ms = 10000;
 

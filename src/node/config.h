@@ -42,6 +42,7 @@ struct am_config {
     unsigned max_connections; /* 10,000 */
     unsigned max_inflight;   /* 4,096 per connection */
     unsigned forward_timeout_ms; /* 5,000: reply deadline of a call forwarded to its owner */
+    unsigned anti_entropy_ms;    /* 30,000: digest comparison with each replica (0: off) */
     unsigned replicas;       /* 2: copies of each state, the owner's included */
     char http[64];           /* the HTTP API's HOST:PORT; empty: off (the default) */
     char http_token_file[1024]; /* the HTTP API's bearer token; empty: derived from the key */

@@ -29,6 +29,7 @@
 #include "placement.h"
 #include "proto.h"
 #include "registry.h"
+#include "antientropy.h"
 #include "fetch.h"
 #include "replica.h"
 #include "ring.h"
@@ -68,6 +69,7 @@ struct node {
     struct am_handoff_stats handoff;
     struct am_replication repl; /* replica.h; follows ring and ring_peers */
     struct am_fetch *fetch;     /* fetch.h: newer copies asked for before an activation */
+    struct am_ae *ae;           /* antientropy.h: replica digests compared */
     /* Handoff to members that join (handoff.h). base: the ring this node
      * last handed off from; a move hands what changed owner from base to
      * the current ring, once the actors this node stopped owning are
@@ -223,6 +225,8 @@ static int pack_status(void *arg, msgpack_packer *pk)
     am_peers_get_stats(n->peers, &ps);
     struct am_fetch_stats fs;
     am_fetch_get_stats(n->fetch, &fs);
+    struct am_ae_stats as;
+    am_ae_get_stats(n->ae, &as);
     return msgpack_pack_map(pk, 17) || pack_kv_str(pk, "node", n->cfg.name) ||
            pack_kv_str(pk, "version", AM_VERSION_STRING) ||
            pack_kv_u64(pk, "pid", (uint64_t)getpid()) ||
@@ -301,7 +305,7 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "pauses", n->stalls) ||
            pack_kv_u64(pk, "declared_dead", n->declared_dead_seen) ||
            am_mp_pack_str(pk, "replication", 11) ||
-           msgpack_pack_map(pk, 16) || pack_kv_u64(pk, "replicas", n->cfg.replicas) ||
+           msgpack_pack_map(pk, 20) || pack_kv_u64(pk, "replicas", n->cfg.replicas) ||
            pack_kv_u64(pk, "sent", n->repl.st.sent) || pack_kv_u64(pk, "acked", n->repl.st.acked) ||
            pack_kv_u64(pk, "stale", n->repl.st.stale) ||
            pack_kv_u64(pk, "unreplicated", n->repl.st.unreplicated) ||
@@ -314,7 +318,10 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "repaired", n->handoff.repaired) ||
            pack_kv_u64(pk, "fetches", fs.fetches) || pack_kv_u64(pk, "fetched_newer", fs.newer) ||
            pack_kv_u64(pk, "fetch_timeouts", fs.timeouts) ||
-           pack_kv_u64(pk, "fetches_answered", fs.answered) || pack_latency(n, pk) ||
+           pack_kv_u64(pk, "fetches_answered", fs.answered) ||
+           pack_kv_u64(pk, "ae_rounds", as.rounds) || pack_kv_u64(pk, "ae_answered", as.answered) ||
+           pack_kv_u64(pk, "ae_differ", as.differ) || pack_kv_u64(pk, "ae_queued", as.queued) ||
+           pack_latency(n, pk) ||
            pack_types(n, pk);
 }
 
@@ -557,6 +564,14 @@ static void rerun(struct node *n, struct am_request *r, am_reply_fn cb, void *ct
         memcpy(body + 2, err, len);
         cb(ctx, r->id, am_status_of(rc), body, len + 2);
     }
+}
+
+/* Anti-entropy rounds run only on a settled ring: no move, no wait. */
+static int ae_settled(void *arg)
+{
+    struct node *n = arg;
+    return !n->moving && !n->nwaiting && !n->stopping && n->ring && n->self_idx >= 0 &&
+           (!n->cfg.njoins || n->seen_others);
 }
 
 /* A fetch (fetch.h) is over: the calls for its actor run. */
@@ -1248,6 +1263,12 @@ static int take_handoff(void *arg, const char *peer, const struct am_request *r,
         am_fetch_answer(n->fetch, r, cb, ctx);
         return 0;
     }
+    if (r->kind == AM_MSG_DIGEST || r->kind == AM_MSG_VERSIONS) {
+        if (!n->ae)
+            return am_errf(err, errlen, AM_ESHUTDOWN, "%s is stopping", n->cfg.name);
+        am_ae_answer(n->ae, peer, r, cb, ctx);
+        return 0;
+    }
     if (n->stopping)
         return am_errf(err, errlen, AM_ESHUTDOWN, "%s is stopping; handoff not taken", n->cfg.name);
     return am_handoff_take(&env, n->ring, n->wo_self, is_waiting(n, peer), peer, r, cb, ctx,
@@ -1281,6 +1302,8 @@ static void placement_close(struct node *n)
 {
     am_fetch_free(n->fetch);
     n->fetch = NULL;
+    am_ae_free(n->ae);
+    n->ae = NULL;
     am_replication_close(&n->repl);
     if (n->ring_timer_open) {
         uv_close((uv_handle_t *)&n->ring_timer, NULL);
@@ -1584,8 +1607,10 @@ static int start(struct node *n, char *err, size_t errlen)
     n->repl.self_idx = -1;
     am_runtime_set_replicator(n->rt, &(struct am_replicator){am_replication_send, &n->repl});
     rc = am_fetch_new(&n->fetch, &n->loop, &n->repl, c->forward_timeout_ms / 4, rerun_fetched, n);
+    if (!rc)
+        rc = am_ae_new(&n->ae, &n->loop, &n->repl, c->anti_entropy_ms, ae_settled, n);
     if (rc) {
-        snprintf(err, errlen, "cannot set up fetches: %s", am_strerror(rc));
+        snprintf(err, errlen, "cannot set up fetches and anti-entropy: %s", am_strerror(rc));
         return rc;
     }
     uv_timer_init(&n->loop, &n->ring_timer);

@@ -101,6 +101,11 @@ static void retry_add(struct am_replication *rp, const char *key, size_t len)
         uv_timer_start(&q->timer, on_retry_timer, RETRY_MS, RETRY_MS);
 }
 
+void am_replication_queue(struct am_replication *rp, const char *key, size_t len)
+{
+    retry_add(rp, key, len);
+}
+
 static unsigned send_state(struct am_replication *rp, const char *key, size_t key_len,
                            uint64_t epoch, uint64_t seq, const uint8_t *state, size_t len,
                            am_replica_done_fn done, void *ctx, int retry);

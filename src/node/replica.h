@@ -75,6 +75,10 @@ struct am_replication {
     struct am_replica_retry *retry; /* created at the first failure */
 };
 
+/* Queues key to be sent to its replicas again (anti-entropy found them
+ * behind), as a failed REPLICATE does. */
+void am_replication_queue(struct am_replication *rp, const char *key, size_t len);
+
 /* Stops sending again and frees the queue (the node stops). */
 void am_replication_close(struct am_replication *rp);
 

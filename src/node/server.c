@@ -357,13 +357,18 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
     case AM_MSG_HANDOFF:
     case AM_MSG_REPLICATE:
     case AM_MSG_FETCH:
+    case AM_MSG_DIGEST:
+    case AM_MSG_VERSIONS:
         if (!c->peer) {
             bad_frame(c, &r,
                       r.kind == AM_MSG_HANDOFF
                           ? "HANDOFF is taken on peer streams only (HELLO role 'peer')"
                       : r.kind == AM_MSG_REPLICATE
                           ? "REPLICATE is taken on peer streams only (HELLO role 'peer')"
-                          : "FETCH is taken on peer streams only (HELLO role 'peer')");
+                      : r.kind == AM_MSG_FETCH
+                          ? "FETCH is taken on peer streams only (HELLO role 'peer')"
+                          : "DIGEST and VERSIONS are taken on peer streams only (HELLO role "
+                            "'peer')");
             c->close_after_write = 1;
             return;
         }
@@ -398,8 +403,8 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
     default:
         if (c->peer) {
             bad_frame(c, &r,
-                      "a peer stream carries FORWARD, HANDOFF, HANDOFF_DONE, REPLICATE and FETCH "
-                      "frames only");
+                      "a peer stream carries FORWARD, HANDOFF, HANDOFF_DONE, REPLICATE, FETCH, "
+                      "DIGEST and VERSIONS frames only");
             return;
         }
         break;

@@ -1073,9 +1073,10 @@ int am_store_get(struct am_store *s, const char *key, size_t key_len, struct am_
         }
     }
     if (rc == 0 || rc == MDB_NOTFOUND) {
-        rc = best.mv_data ? am_buf_set(state, (const uint8_t *)best.mv_data + REC_HDR,
-                                       best.mv_size - REC_HDR)
-                          : -ENOENT;
+        rc = !best.mv_data ? -ENOENT
+             : state       ? am_buf_set(state, (const uint8_t *)best.mv_data + REC_HDR,
+                                        best.mv_size - REC_HDR)
+                           : 0;
         if (rc == 0) {
             *epoch = be;
             *seq = bs;
@@ -1122,8 +1123,39 @@ static int key_cmp(const MDB_val *a, const MDB_val *b)
  * read the store, and a slow fn never holds back map growth. The two
  * databases are merged in key order (LMDB's default order is memcmp, then
  * length), each key listed once. */
-int am_store_each_key(struct am_store *s, int (*fn)(void *arg, const char *key, size_t len),
-                      void *arg)
+/* The version in a record's header; (0, 0) for one too short to hold it
+ * (the walk does not verify checksums: am_store_get does, at use). */
+static void rec_version(const MDB_val *v, uint64_t *epoch, uint64_t *seq)
+{
+    const uint8_t *rec = v->mv_data;
+    if (v->mv_size < REC_HDR) {
+        *epoch = *seq = 0;
+        return;
+    }
+    *epoch = am_be64_get(rec + REC_OFF_EPOCH);
+    *seq = am_be64_get(rec + REC_OFF_SEQ);
+}
+
+/* One entry of a walk: u16 length, the key, NUL, then the newest version
+ * (two u64) when versions are asked for. */
+static int list_entry(struct am_buf *keys, const MDB_val *k, int versions, uint64_t epoch,
+                      uint64_t seq)
+{
+    if (list_key(keys, k))
+        return ENOMEM;
+    if (versions && (am_buf_append(keys, &epoch, sizeof epoch) ||
+                     am_buf_append(keys, &seq, sizeof seq)))
+        return ENOMEM;
+    return 0;
+}
+
+/* Lists every key of both databases in one short read transaction (with
+ * its newest version if asked), then calls fkey or fver for each outside
+ * it. */
+static int walk(struct am_store *s, int versions,
+                int (*fkey)(void *arg, const char *key, size_t len),
+                int (*fver)(void *arg, const char *key, size_t len, uint64_t epoch, uint64_t seq),
+                void *arg)
 {
     struct am_buf keys;
     am_buf_init(&keys);
@@ -1135,16 +1167,27 @@ int am_store_each_key(struct am_store *s, int (*fn)(void *arg, const char *key, 
     if (!rc)
         rc = mdb_cursor_open(s->rtxn, s->repl_dbi, &b);
     if (!rc) {
-        MDB_val ka, kb, v;
-        int ra = mdb_cursor_get(a, &ka, &v, MDB_FIRST);
-        int rb = mdb_cursor_get(b, &kb, &v, MDB_FIRST);
+        MDB_val ka, kb, va, vb;
+        int ra = mdb_cursor_get(a, &ka, &va, MDB_FIRST);
+        int rb = mdb_cursor_get(b, &kb, &vb, MDB_FIRST);
         while ((ra == 0 || rb == 0) && !rc) {
             int c = ra ? 1 : rb ? -1 : key_cmp(&ka, &kb);
-            rc = list_key(&keys, c <= 0 ? &ka : &kb);
+            uint64_t e = 0, q = 0, e2, q2;
+            if (versions) {
+                rec_version(c <= 0 ? &va : &vb, &e, &q);
+                if (c == 0) {
+                    rec_version(&vb, &e2, &q2);
+                    if (e2 > e || (e2 == e && q2 > q)) {
+                        e = e2;
+                        q = q2;
+                    }
+                }
+            }
+            rc = list_entry(&keys, c <= 0 ? &ka : &kb, versions, e, q);
             if (c <= 0)
-                ra = mdb_cursor_get(a, &ka, &v, MDB_NEXT);
+                ra = mdb_cursor_get(a, &ka, &va, MDB_NEXT);
             if (c >= 0)
-                rb = mdb_cursor_get(b, &kb, &v, MDB_NEXT);
+                rb = mdb_cursor_get(b, &kb, &vb, MDB_NEXT);
         }
         if (!rc && ra != MDB_NOTFOUND)
             rc = lmdb_status(ra);
@@ -1164,11 +1207,34 @@ int am_store_each_key(struct am_store *s, int (*fn)(void *arg, const char *key, 
         uint16_t len;
         memcpy(&len, keys.data + off, sizeof len);
         off += sizeof len;
-        rc = fn(arg, (const char *)keys.data + off, len);
+        const char *key = (const char *)keys.data + off;
         off += (size_t)len + 1;
+        if (versions) {
+            uint64_t e, q;
+            memcpy(&e, keys.data + off, sizeof e);
+            memcpy(&q, keys.data + off + sizeof e, sizeof q);
+            off += sizeof e + sizeof q;
+            rc = fver(arg, key, len, e, q);
+        } else {
+            rc = fkey(arg, key, len);
+        }
     }
     am_buf_close(&keys);
     return rc;
+}
+
+int am_store_each_key(struct am_store *s, int (*fn)(void *arg, const char *key, size_t len),
+                      void *arg)
+{
+    return walk(s, 0, fn, NULL, arg);
+}
+
+int am_store_each_version(struct am_store *s,
+                          int (*fn)(void *arg, const char *key, size_t len, uint64_t epoch,
+                                    uint64_t seq),
+                          void *arg)
+{
+    return walk(s, 1, NULL, fn, arg);
 }
 
 static void on_closed(uv_handle_t *h)

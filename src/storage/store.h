@@ -142,8 +142,8 @@ int am_store_write(struct am_store *s, struct am_store_write *w, am_store_write_
 
 /* Reads the newest copy of key: its snapshot or its replica, whichever has
  * the newer version (the snapshot on a tie). On success copies the state
- * into *state (replacing its contents; empty for a tombstone) and sets
- * *epoch and *seq. Returns 0, -ENOENT when there is none, AM_ECORRUPT when
+ * into *state (replacing its contents; empty for a tombstone; state NULL:
+ * the version only) and sets *epoch and *seq. Returns 0, -ENOENT when there is none, AM_ECORRUPT when
  * the record fails its checksum, or another negative code. Sees only
  * committed writes. */
 int am_store_get(struct am_store *s, const char *key, size_t key_len, struct am_buf *state,
@@ -163,6 +163,13 @@ void am_store_get_stats(struct am_store *s, struct am_store_stats *st);
  * path: handoff and replica repair walk the store with it. */
 int am_store_each_key(struct am_store *s, int (*fn)(void *arg, const char *key, size_t len),
                       void *arg);
+
+/* The same walk with each key's newest version (of its snapshot and its
+ * replica), read from the record headers: anti-entropy digests. */
+int am_store_each_version(struct am_store *s,
+                          int (*fn)(void *arg, const char *key, size_t len, uint64_t epoch,
+                                    uint64_t seq),
+                          void *arg);
 
 /* Stops the writer thread after it has committed everything queued, runs
  * the remaining callbacks, closes LMDB, and frees s once the loop has run

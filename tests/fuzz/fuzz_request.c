@@ -9,6 +9,7 @@
 #include "buf.h"
 #include "err.h"
 #include "mp.h"
+#include "antientropy.h"
 #include "proto.h"
 
 #include <stdint.h>
@@ -59,6 +60,8 @@ static void check_reencode(const struct am_request *r)
                                 r->payload, r->payload_len);
     else if (r->kind == AM_MSG_FETCH)
         rc = am_encode_fetch(&out, r->id, r->type, r->type_len);
+    else if (r->kind == AM_MSG_DIGEST || r->kind == AM_MSG_VERSIONS)
+        rc = am_encode_digest(&out, r->kind, r->id, r->ring_version, r->payload, r->payload_len);
     else
         rc = am_encode_call(&out, r->kind, r->id, r->type, r->type_len, r->actor, r->actor_len,
                             r->action, r->action_len, r->payload, r->payload_len);
@@ -78,7 +81,12 @@ static void check_reencode(const struct am_request *r)
     }
     if (r->kind == AM_MSG_FETCH)
         CHECK(same(q.type, q.type_len, r->type, r->type_len));
-    if (r->kind == AM_MSG_HANDOFF || r->kind == AM_MSG_REPLICATE || r->kind == AM_MSG_FETCH) {
+    if (r->kind == AM_MSG_DIGEST || r->kind == AM_MSG_VERSIONS) {
+        CHECK(q.ring_version == r->ring_version && q.payload_len == r->payload_len);
+        CHECK(r->payload_len == 0 || memcmp(q.payload, r->payload, r->payload_len) == 0);
+    }
+    if (r->kind == AM_MSG_HANDOFF || r->kind == AM_MSG_REPLICATE || r->kind == AM_MSG_FETCH ||
+        r->kind == AM_MSG_DIGEST || r->kind == AM_MSG_VERSIONS) {
         /* checked above */
     } else if (r->kind == AM_MSG_SYNC) {
         CHECK(q.payload_len == r->payload_len);
@@ -145,6 +153,28 @@ static void check_request(const uint8_t *body, size_t len)
     case AM_MSG_REPLICATE:
         CHECK(inside(r.type, r.type_len, body, end));
         CHECK(r.type_len >= 1 && r.type_len <= AM_MAX_TYPE + 1 + AM_MAX_ID);
+        CHECK(inside(r.payload, r.payload_len, body, end));
+        CHECK(r.payload + r.payload_len == end);
+        check_reencode(&r);
+        break;
+    case AM_MSG_VERSIONS: {
+        /* Its entries, as the receiver reads them. */
+        const uint8_t *e = r.payload, *eend = r.payload + r.payload_len;
+        const char *key;
+        size_t klen;
+        uint64_t ep, sq;
+        while (am_ae_next_entry(&e, eend, &key, &klen, &ep, &sq) == 0) {
+            CHECK(inside(key, klen, r.payload, eend));
+            CHECK(klen >= 1 && klen <= AM_MAX_TYPE + 1 + AM_MAX_ID);
+            CHECK(e <= eend);
+        }
+        CHECK(e <= eend);
+        CHECK(inside(r.payload, r.payload_len, body, end));
+        CHECK(r.payload + r.payload_len == end);
+        check_reencode(&r);
+        break;
+    }
+    case AM_MSG_DIGEST:
         CHECK(inside(r.payload, r.payload_len, body, end));
         CHECK(r.payload + r.payload_len == end);
         check_reencode(&r);

@@ -382,6 +382,34 @@ Test(proto, round_trips_a_fetch_and_refuses_a_malformed_one)
     CHECK_LEAKS();
 }
 
+Test(proto, round_trips_a_digest_and_refuses_a_str_for_its_digests)
+{
+    uint8_t dig[512];
+    for (size_t i = 0; i < sizeof dig; i++)
+        dig[i] = (uint8_t)i;
+    struct am_buf out;
+    size_t len;
+    struct am_request r;
+    am_buf_init(&out);
+    cr_assert_eq(am_encode_digest(&out, AM_MSG_DIGEST, 9, UINT64_MAX - 1, dig, sizeof dig), 0);
+    const uint8_t *body = one_frame(&out, &len);
+    cr_assert_eq(am_request_decode(&r, body, len), 0);
+    cr_assert_eq(r.kind, AM_MSG_DIGEST);
+    cr_assert_eq(r.id, 9);
+    cr_assert_eq(r.ring_version, UINT64_MAX - 1);
+    cr_assert_eq(r.payload_len, sizeof dig);
+    cr_assert_eq(memcmp(r.payload, dig, sizeof dig), 0);
+    am_buf_close(&out);
+    struct msg m;
+    msg_init(&m);
+    head(&m, 4, AM_MSG_DIGEST, 2);
+    msgpack_pack_uint64(&m.pk, 1);
+    str(&m, "digests");
+    cr_assert_eq(decode_req(&r, &m), AM_EPROTO);
+    msg_close(&m);
+    CHECK_LEAKS();
+}
+
 Test(proto, round_trips_a_reply)
 {
     static const uint8_t reply[] = {0x81, 0xa7, 'b', 'a',  'l',  'a',
@@ -1099,6 +1127,10 @@ static int check_request(const uint8_t *in, size_t n)
         INSIDE(r.type, r.type_len);
         INSIDE(r.payload, r.payload_len);
         cr_assert(r.type_len >= 1 && r.type_len <= AM_MAX_TYPE + 1 + AM_MAX_ID);
+        break;
+    case AM_MSG_DIGEST:
+    case AM_MSG_VERSIONS:
+        INSIDE(r.payload, r.payload_len);
         break;
     case AM_MSG_FETCH:
         INSIDE(r.type, r.type_len);

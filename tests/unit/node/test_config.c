@@ -58,6 +58,7 @@ Test(config, defaults_match_the_documented_contract)
     cr_assert_eq(c.max_state, 4u << 20);
     cr_assert_eq(c.mailbox, 1024);
     cr_assert_eq(c.idle_ms, 60000);
+    cr_assert_eq(c.anti_entropy_ms, 30000);
 }
 
 Test(config, reads_flags_in_both_spellings)
@@ -131,6 +132,22 @@ Test(config, refuses_bad_values_with_a_message_naming_the_option)
     expect_error(NARGS("--join", "127.0.0.1"), ARGS("--join", "127.0.0.1"), "--join");
     expect_error(NARGS("--profile", "moon"), ARGS("--profile", "moon"), "--profile");
     expect_error(NARGS("--bind", "0.0.0.0:7946"), ARGS("--bind", "0.0.0.0:7946"), "--advertise");
+    expect_error(NARGS("--anti-entropy", "1k"), ARGS("--anti-entropy", "1k"), "from 0 to");
+    expect_error(NARGS("--anti-entropy", "-1"), ARGS("--anti-entropy", "-1"), "--anti-entropy");
+}
+
+/* 0 turns anti-entropy off; it is the one number option where 0 means
+ * something. */
+Test(config, anti_entropy_takes_zero_for_never)
+{
+    struct am_config c;
+    char err[256];
+    char *argv[] = {"node", "--anti-entropy", "0", NULL};
+    cr_assert_eq(am_config_parse(&c, 3, argv, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.anti_entropy_ms, 0);
+    char *argv2[] = {"node", "--anti-entropy", "500", NULL};
+    cr_assert_eq(am_config_parse(&c, 3, argv2, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.anti_entropy_ms, 500);
 }
 
 Test(config, join_is_repeatable_and_the_environment_takes_a_list)

@@ -570,6 +570,33 @@ Test(store, each_key_lists_both_databases_once_in_key_order)
     end_test();
 }
 
+static int list_versions(void *arg, const char *key, size_t len, uint64_t epoch, uint64_t seq)
+{
+    char line[64];
+    int n = snprintf(line, sizeof line, "%.*s=%llu.%llu,", (int)len, key,
+                     (unsigned long long)epoch, (unsigned long long)seq);
+    return am_buf_append(arg, line, (size_t)n);
+}
+
+Test(store, each_version_gives_each_key_once_with_its_newest_version)
+{
+    struct am_store *s = open_store();
+    write_version(s, "a", 3, 1, 0, 'x');
+    write_version(s, "a", 2, 9, AM_STORE_REPLICA, 'x'); /* older than the snapshot */
+    write_version(s, "b", 1, 4, 0, 'x');
+    write_version(s, "b", 1, 5, AM_STORE_REPLICA, 'x'); /* newer than the snapshot */
+    write_version(s, "c", 7, 2, AM_STORE_REPLICA, 'x');
+    struct am_buf b;
+    am_buf_init(&b);
+    cr_assert_eq(am_store_each_version(s, list_versions, &b), 0);
+    const char *want = "a=3.1,b=1.5,c=7.2,";
+    cr_assert_eq(b.len, strlen(want), "%.*s", (int)b.len, b.data);
+    cr_assert_eq(memcmp(b.data, want, b.len), 0, "%.*s", (int)b.len, b.data);
+    am_buf_close(&b);
+    close_store(s);
+    end_test();
+}
+
 Test(store, returns_enoent_for_a_missing_key_and_leaves_the_buffer)
 {
     struct am_store *s = open_store();
