@@ -31,6 +31,7 @@
 #include "registry.h"
 #include "antientropy.h"
 #include "fetch.h"
+#include "hset.h"
 #include "replica.h"
 #include "ring.h"
 #include "runtime.h"
@@ -99,8 +100,7 @@ struct node {
     /* Keys whose previous owner's HANDOFF arrived while waiting (their
      * ring hashes, open addressing, 0 free): their calls no longer wait
      * for the member's HANDOFF_DONE. Emptied when a wait starts. */
-    uint64_t *handed;
-    size_t handed_cap, nhanded;
+    struct am_hset handed;
     uint64_t held_total, hold_expired;
     uv_timer_t hold_timer;
     struct done_out *dones; /* HANDOFF_DONEs to deliver (retried) */
@@ -474,63 +474,6 @@ struct held {
     uint8_t bytes[]; /* type, id, action, payload */
 };
 
-/* ---- keys handed over while waiting ---- */
-
-static uint64_t handed_slot(uint64_t h)
-{
-    return h ? h : 1; /* 0 marks a free slot */
-}
-
-static int handed_has(const struct node *n, uint64_t h)
-{
-    if (!n->nhanded)
-        return 0;
-    h = handed_slot(h);
-    for (size_t i = h & (n->handed_cap - 1);; i = (i + 1) & (n->handed_cap - 1)) {
-        if (n->handed[i] == h)
-            return 1;
-        if (n->handed[i] == 0)
-            return 0;
-    }
-}
-
-static void handed_put(struct node *n, uint64_t h)
-{
-    h = handed_slot(h);
-    if (2 * (n->nhanded + 1) > n->handed_cap) {
-        size_t cap = n->handed_cap ? 2 * n->handed_cap : 1024;
-        uint64_t *t = am_calloc(cap, sizeof *t);
-        if (!t)
-            return; /* the key's calls wait for HANDOFF_DONE as before */
-        for (size_t j = 0; j < n->handed_cap; j++) {
-            uint64_t v = n->handed[j];
-            if (!v)
-                continue;
-            size_t i = v & (cap - 1);
-            while (t[i])
-                i = (i + 1) & (cap - 1);
-            t[i] = v;
-        }
-        am_free(n->handed);
-        n->handed = t;
-        n->handed_cap = cap;
-    }
-    size_t i = h & (n->handed_cap - 1);
-    while (n->handed[i] && n->handed[i] != h)
-        i = (i + 1) & (n->handed_cap - 1);
-    if (!n->handed[i]) {
-        n->handed[i] = h;
-        n->nhanded++;
-    }
-}
-
-static void handed_clear(struct node *n)
-{
-    if (n->nhanded)
-        memset(n->handed, 0, n->handed_cap * sizeof *n->handed);
-    n->nhanded = 0;
-}
-
 static struct am_handoff_env handoff_env(struct node *n);
 static struct am_handoff_env move_env(struct node *n);
 
@@ -764,7 +707,7 @@ static void start_waiting(struct node *n, const char *why)
     am_free(n->waiting);
     n->waiting = w;
     n->nwaiting = 0;
-    handed_clear(n);
+    am_hset_clear(&n->handed);
     uint64_t now = uv_now(&n->loop), until = now + WAIT_MAX_MS(n);
     n->window_until = now + HOLD_MS(n);
     /* A HANDOFF_DONE can arrive just before this node sees the ring it
@@ -850,7 +793,7 @@ static void on_taken(void *arg, const char *key, size_t len)
     struct node *n = arg;
     if (!n->nwaiting)
         return;
-    handed_put(n, am_ring_key_of(key, len));
+    am_hset_add(&n->handed, am_ring_key_of(key, len)); /* no memory: waits for DONE */
     struct held *list = NULL, **tail = &list;
     for (struct held **pp = &n->held; *pp;) {
         struct held *h = *pp;
@@ -888,7 +831,7 @@ static int maybe_hold(struct node *n, const struct am_request *r, am_reply_fn cb
     int len = snprintf(key, sizeof key, "%.*s/%.*s", (int)r->type_len, r->type, (int)r->actor_len,
                        r->actor);
     if (!am_handoff_previous_owner(n->ring, n->wo_self, n->self_idx, key, (size_t)len, &prev) ||
-        !is_waiting(n, prev) || handed_has(n, am_ring_key_of(key, (size_t)len)))
+        !is_waiting(n, prev) || am_hset_has(&n->handed, am_ring_key_of(key, (size_t)len)))
         return 0;
     if (n->nheld >= HOLD_MAX)
         return am_errf(err, errlen, AM_EUNAVAIL,
@@ -1326,9 +1269,7 @@ static void placement_close(struct node *n)
     am_free(n->waiting);
     am_free(n->finished);
     n->finished = NULL;
-    am_free(n->handed);
-    n->handed = NULL;
-    n->handed_cap = n->nhanded = 0;
+    am_hset_free(&n->handed);
     am_free(n->ring_peers);
     n->repl.ring = NULL;
     n->repl.ring_peers = NULL;

@@ -5,6 +5,7 @@
 #include "placement.h"
 
 #include "err.h"
+#include "hset.h"
 #include "log.h"
 #include "mem.h"
 #include "mp.h"
@@ -30,29 +31,9 @@ struct am_replica_retry {
     struct am_replication *rp;
     char **keys; /* waiting, oldest first (NUL-terminated copies) */
     size_t n, cap;
-    uint64_t *set; /* the waiting keys' hashes, open addressing, 0 free */
-    size_t set_cap;
+    struct am_hset set; /* the waiting keys' hashes */
     int closing;
 };
-
-static uint64_t retry_hash(const char *key, size_t len)
-{
-    uint64_t h = am_ring_key_of(key, len);
-    return h ? h : 1;
-}
-
-/* 1 when added to the set, 0 when it was there. */
-static int set_add(struct am_replica_retry *q, uint64_t h)
-{
-    size_t i = h & (q->set_cap - 1);
-    while (q->set[i]) {
-        if (q->set[i] == h)
-            return 0;
-        i = (i + 1) & (q->set_cap - 1);
-    }
-    q->set[i] = h;
-    return 1;
-}
 
 static void on_retry_timer(uv_timer_t *h);
 
@@ -61,12 +42,11 @@ static void retry_add(struct am_replication *rp, const char *key, size_t len)
     struct am_replica_retry *q = rp->retry;
     if (!q) {
         q = am_calloc(1, sizeof *q);
-        if (!q || !(q->set = am_calloc(2 * RETRY_MAX, sizeof *q->set))) {
-            am_free(q);
+        if (!q) {
             rp->st.retry_dropped++;
             return;
         }
-        q->set_cap = 2 * RETRY_MAX;
+        am_hset_init(&q->set);
         q->rp = rp;
         uv_timer_init(rp->loop, &q->timer);
         q->timer.data = q;
@@ -78,8 +58,11 @@ static void retry_add(struct am_replication *rp, const char *key, size_t len)
         rp->st.retry_dropped++;
         return;
     }
-    if (!set_add(q, retry_hash(key, len)))
+    int added = am_hset_add(&q->set, am_ring_key_of(key, len));
+    if (added <= 0) {
+        rp->st.retry_dropped += added < 0;
         return;
+    }
     if (q->n == q->cap) {
         size_t cap = q->cap ? 2 * q->cap : 64;
         char **k = am_realloc(q->keys, cap * sizeof *k);
@@ -129,9 +112,9 @@ static void on_retry_timer(uv_timer_t *h)
     memcpy(batch, q->keys, take * sizeof *batch);
     memmove(q->keys, q->keys + take, (q->n - take) * sizeof *q->keys);
     q->n -= take;
-    memset(q->set, 0, q->set_cap * sizeof *q->set);
+    am_hset_clear(&q->set);
     for (size_t i = 0; i < q->n; i++)
-        set_add(q, retry_hash(q->keys[i], strlen(q->keys[i])));
+        am_hset_add(&q->set, am_ring_key_of(q->keys[i], strlen(q->keys[i])));
     struct am_buf state;
     am_buf_init(&state);
     for (size_t i = 0; i < take; i++) {
@@ -159,7 +142,7 @@ static void on_retry_closed(uv_handle_t *h)
     for (size_t i = 0; i < q->n; i++)
         am_free(q->keys[i]);
     am_free(q->keys);
-    am_free(q->set);
+    am_hset_free(&q->set);
     am_free(q);
 }
 
