@@ -689,6 +689,53 @@ Test(store, commits_many_writes_in_few_transactions_in_submission_order)
     end_test();
 }
 
+/* Rewrites of the same keys in one transaction after another: in place
+ * (same size), grown and shrunk, each conditional on being newer. Every
+ * key keeps one record with its last state. */
+Test(store, rewrites_in_place_grown_and_shrunk_keep_one_record_per_key)
+{
+    enum { N = 2000, ROUNDS = 5, MAXLEN = 40 };
+    static const size_t lens[ROUNDS] = {16, 16, 40, 8, 8};
+    struct am_store *s = open_store();
+    struct req *r = calloc(N, sizeof *r);
+    uint8_t(*state)[MAXLEN] = calloc(N, MAXLEN);
+    cr_assert(r && state);
+    for (int round = 0; round < ROUNDS; round++) {
+        struct ctx c = {0};
+        for (int i = 0; i < N; i++) {
+            fill(state[i], lens[round], i + round);
+            req_init(&r[i], &c, i, state[i], lens[round]);
+            r[i].w.epoch = 1;
+            r[i].w.seq = (uint64_t)round + 1;
+            r[i].w.flags = AM_STORE_NEWER;
+            submit(s, &r[i]);
+        }
+        run_until(&c.done, N);
+        cr_assert_eq(c.failed, 0, "round %d", round);
+        struct am_store_stats st;
+        am_store_get_stats(s, &st);
+        cr_assert_eq(st.records, N, "round %d: %llu records", round,
+                     (unsigned long long)st.records);
+        for (int i = 0; i < N; i++) {
+            cr_assert_eq(r[i].w.stale, 0, "round %d: rec/%05d taken for stale", round, i);
+            struct am_buf b;
+            am_buf_init(&b);
+            uint64_t epoch = 0, seq = 0;
+            uint8_t want[MAXLEN];
+            fill(want, lens[round], i + round);
+            cr_assert_eq(am_store_get(s, r[i].key, r[i].w.key_len, &b, &epoch, &seq), 0);
+            cr_assert_eq(b.len, lens[round], "round %d: rec/%05d", round, i);
+            cr_assert(memcmp(b.data, want, b.len) == 0, "round %d: rec/%05d differs", round, i);
+            cr_assert_eq(seq, (uint64_t)round + 1);
+            am_buf_close(&b);
+        }
+    }
+    free(r);
+    free(state);
+    close_store(s);
+    end_test();
+}
+
 Test(store, never_puts_more_than_max_batch_writes_in_one_transaction)
 {
     enum { N = 1000, BATCH = 10 };
