@@ -7,7 +7,8 @@
 #   REDIS_PORT  the port of the Redis it starts (only for start_redis)
 # then calls bench_init, which makes the work directory $WORK and sets the
 # traps: on exit, however the script ends, every process started through
-# run, start_node or start_redis is killed and $WORK is removed.
+# run, start_node or start_redis is killed and $WORK is removed (kept, with
+# its logs and data, when BENCH_KEEP is set).
 #
 # Processes run in the background and are waited for (run), so that a signal
 # to the script is handled at once (bash defers traps until a foreground
@@ -30,7 +31,11 @@ bench_cleanup() {
         wait "$p" 2>/dev/null || true
     done
     PIDS=()
-    [ -z "$WORK" ] || rm -rf "$WORK"
+    if [ -n "$WORK" ] && [ -n "${BENCH_KEEP:-}" ]; then
+        note "kept the work directory (logs, data): $WORK"
+    elif [ -n "$WORK" ]; then
+        rm -rf "$WORK"
+    fi
 }
 
 bench_init() {

@@ -1733,6 +1733,30 @@ int am_swim_on_packet(struct am_swim *s, const char *from_addr, const uint8_t *p
     return 0;
 }
 
+/* A node that has just joined tells members of itself directly, one
+ * packet each that its alive leads, instead of leaving the news to gossip
+ * (a few gossip intervals, more with many members). Members that learn of
+ * a newcomer sooner route to it and hand it its actors sooner: seen with 4
+ * nodes on loopback, two members learned of the newcomer 106 ms after the
+ * seed, and the calls the seed sent the newcomer meanwhile waited for their
+ * handoffs. At most ANNOUNCE_MAX members, drawn at random; gossip reaches
+ * the rest. */
+#define ANNOUNCE_MAX MAX_FANOUT
+
+static void announce(struct am_swim *s, const char *seed_addr, uint64_t now)
+{
+    uint32_t to[ANNOUNCE_MAX];
+    size_t k = sample(s, to, ANNOUNCE_MAX, NULL, now);
+    bq_put(s, 0, NULL);
+    for (size_t j = 0; j < k; j++) {
+        const struct member *m = &s->m[to[j]];
+        if (m->state != AM_MEMBER_ALIVE || strcmp(m->addr, seed_addr) == 0)
+            continue; /* the seed knows */
+        send_packet(s, m->addr, NULL, 0);
+        s->st.announces++;
+    }
+}
+
 int am_swim_on_stream(struct am_swim *s, const char *from_addr, const uint8_t *p, size_t len,
                       uint64_t now)
 {
@@ -1775,9 +1799,11 @@ int am_swim_on_stream(struct am_swim *s, const char *from_addr, const uint8_t *p
             break;
         }
     }
-    if (h.flags & AM_SWIM_PP_REPLY)
+    if (h.flags & AM_SWIM_PP_REPLY) {
+        if ((h.flags & AM_SWIM_PP_JOIN) && s->joining)
+            announce(s, from_addr, now);
         s->joining = 0;
-    else
+    } else
         send_push_pull(s, from_addr, AM_SWIM_PP_REPLY | (h.flags & AM_SWIM_PP_JOIN));
     return 0;
 }

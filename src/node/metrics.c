@@ -102,6 +102,8 @@ static const struct row rows[] = {
      "Times this node raised its incarnation to deny a suspicion about itself."},
     {"membership", "corrections", "membership_corrections_total", COUNTER, 0,
      "Accusations of this node it had refuted already, answered to the accuser directly."},
+    {"membership", "announces", "membership_announces_total", COUNTER, 0,
+     "Members this node told of its join directly, once the join was answered."},
     {"membership", "deaths_declared", "membership_deaths_declared_total", COUNTER, 0,
      "Suspicions that timed out on this node."},
     {"membership", "health", "membership_health", GAUGE, 0, "Lifeguard local health, 0 to 7."},

@@ -983,11 +983,12 @@ Test(swim, suspect_checks_keep_their_schedule_when_health_is_poor)
     LEAK_CHECK();
 }
 
-static size_t packets_to(struct am_swim *s, const char *addr, const char *about, uint64_t inc,
-                         enum am_swim_msg_type type)
+/* Updates about `about` at inc of the given type in the packets to addr
+ * among the k actions at a. */
+static size_t packets_in(const struct am_swim_action *a, size_t k, const char *addr,
+                         const char *about, uint64_t inc, enum am_swim_msg_type type)
 {
-    const struct am_swim_action *a;
-    size_t k = am_swim_actions(s, &a), n = 0;
+    size_t n = 0;
     for (size_t i = 0; i < k; i++) {
         if (a[i].kind != AM_SWIM_ACT_PACKET || strcmp(a[i].addr, addr) != 0)
             continue;
@@ -1002,6 +1003,15 @@ static size_t packets_to(struct am_swim *s, const char *addr, const char *about,
         }
     }
     return n;
+}
+
+/* The same in the actions taken since the last call (which takes them). */
+static size_t packets_to(struct am_swim *s, const char *addr, const char *about, uint64_t inc,
+                         enum am_swim_msg_type type)
+{
+    const struct am_swim_action *a;
+    size_t k = am_swim_actions(s, &a);
+    return packets_in(a, k, addr, about, inc, type);
 }
 
 /* A member that missed our refutation accuses us again at the old
@@ -1051,6 +1061,55 @@ Test(swim, a_stale_accusation_is_answered_to_the_accuser)
     cr_assert_eq(fake_send(&f, "p4", fake_addrs[3], &m), 0);
     am_swim_get_stats(f.s, &st);
     cr_assert_eq(st.corrections, 2);
+    fake_close(&f);
+    LEAK_CHECK();
+}
+
+/* A node whose join is answered tells the members the seed listed of
+ * itself at once, one packet each that its alive leads; the seed knows
+ * already. Later push-pull replies announce nothing. */
+/* The seed's answer to a push-pull: p1..p4 alive, p5 dead. */
+static void seed_list(struct fake *f, unsigned flags)
+{
+    am_buf_set(&f->b, NULL, 0);
+    cr_assert_eq(am_swim_pp_encode_hdr(&f->b, flags, "p1", 2, 5), 0);
+    for (size_t i = 0; i < 5; i++) {
+        struct am_swim_pp_member m = {S(fake_names[i]), S(fake_addrs[i]),
+                                      i == 4 ? AM_MEMBER_DEAD : AM_MEMBER_ALIVE, 0};
+        cr_assert_eq(am_swim_pp_encode_member(&f->b, &m), 0);
+    }
+    cr_assert_eq(am_swim_on_stream(f->s, fake_addrs[0], f->b.data, f->b.len, f->now), 0);
+}
+
+Test(swim, a_joined_node_announces_itself_to_the_members_it_learned)
+{
+    struct fake f;
+    fake_init(&f, "me", "10.0.0.100:1");
+    const char *seeds[] = {fake_addrs[0]};
+    cr_assert_eq(am_swim_join(f.s, seeds, 1, f.now), 0);
+    const struct am_swim_action *a;
+    am_swim_actions(f.s, &a);
+    seed_list(&f, AM_SWIM_PP_REPLY | AM_SWIM_PP_JOIN);
+    struct am_swim_member me;
+    cr_assert_eq(am_swim_find(f.s, "me", &me), 0);
+    size_t k = am_swim_actions(f.s, &a);
+    for (size_t i = 1; i < 4; i++)
+        cr_assert_eq(packets_in(a, k, fake_addrs[i], "me", me.incarnation, AM_SWIM_MSG_ALIVE), 1,
+                     "p%zu", i + 1);
+    cr_assert_eq(packets_in(a, k, fake_addrs[0], "me", me.incarnation, AM_SWIM_MSG_ALIVE), 0,
+                 "the seed");
+    cr_assert_eq(packets_in(a, k, fake_addrs[4], "me", me.incarnation, AM_SWIM_MSG_ALIVE), 0,
+                 "a dead one");
+    struct am_swim_stats st;
+    am_swim_get_stats(f.s, &st);
+    cr_assert_eq(st.announces, 3);
+    /* Later replies, to a join retry or to a periodic push-pull: nothing. */
+    f.now += 5000;
+    am_swim_actions(f.s, &a);
+    seed_list(&f, AM_SWIM_PP_REPLY | AM_SWIM_PP_JOIN);
+    seed_list(&f, AM_SWIM_PP_REPLY);
+    am_swim_get_stats(f.s, &st);
+    cr_assert_eq(st.announces, 3);
     fake_close(&f);
     LEAK_CHECK();
 }
