@@ -807,7 +807,8 @@ static void on_sweep(uv_timer_t *h)
 /* ---- public ----------------------------------------------------------------- */
 
 size_t am_runtime_release(struct am_runtime *rt,
-                          int (*keep)(void *arg, const char *key, size_t len), void *arg)
+                          int (*keep)(void *arg, const char *key, size_t len),
+                          void (*freed)(void *arg, const char *key, size_t len), void *arg)
 {
     size_t left = 0;
     struct actor *a = rt->lru_tail;
@@ -815,6 +816,8 @@ size_t am_runtime_release(struct am_runtime *rt,
         struct actor *prev = a->lru_prev;
         if (!keep(arg, a->key, a->key_len)) {
             if (quiescent(a)) {
+                if (freed)
+                    freed(arg, a->key, a->key_len);
                 actor_free(rt, a);
             } else {
                 if (a->dirty)

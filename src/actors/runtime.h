@@ -104,10 +104,12 @@ size_t am_runtime_get_type_stats(const struct am_runtime *rt,
 /* Deactivates every active actor for which keep(arg, key, len) returns 0:
  * at once when it has no message or write pending, else its state write is
  * started and the actor stays until a later call finds it quiescent.
- * Returns how many such actors remain active (call again later until 0).
- * Used when this node stops owning actors. */
+ * freed(arg, key, len), when set, is told each one deactivated (its state
+ * is in the store by then). Returns how many such actors remain active
+ * (call again later until 0). Used when this node stops owning actors. */
 size_t am_runtime_release(struct am_runtime *rt,
-                          int (*keep)(void *arg, const char *key, size_t len), void *arg);
+                          int (*keep)(void *arg, const char *key, size_t len),
+                          void (*freed)(void *arg, const char *key, size_t len), void *arg);
 
 /* Replication. send is called for every state write as it is submitted to
  * the store (epoch, seq: its version; state borrowed for the call). It

@@ -44,7 +44,8 @@ struct leave {
     struct am_buf keys;     /* the keys to send, NUL-terminated, back to back */
     struct entry *offs;     /* what to send */
     size_t nkeys, cap, cursor, inflight;
-    const struct am_ring *ring; /* borrowed while the keys are collected */
+    const struct am_ring *ring; /* borrowed until the store is walked */
+    const char *what;           /* where the snapshots go, for the log */
     int self_idx;               /* this node in ring */
     int next_self;              /* this node in next, or -1 */
     struct am_buf state;        /* scratch for one snapshot */
@@ -57,6 +58,13 @@ struct leave {
     uint32_t *later, *ready; /* keys to send again after the timer, and now */
     size_t nlater, nready;
     uv_timer_t timer;
+    /* A move sends the actors it was given first (those active here until
+     * the ring changed: their callers wait at the new owner) before it walks
+     * the store for the rest, which skips them. */
+    const char **first; /* sorted; into first_keys */
+    size_t nfirst;
+    struct am_buf first_keys;
+    int walking, walked; /* the store is being walked, was walked */
 };
 
 static int add_entry(struct leave *l, uint32_t off, int to, int kind)
@@ -85,10 +93,31 @@ static int add_entry(struct leave *l, uint32_t off, int to, int kind)
  *    replica by the new ring that was not one by the old (all of them when
  *    this node did not own it before: it took over from a member that is
  *    gone, from the copy it kept as a replica). */
+static int is_first(const struct leave *l, const char *key, size_t len)
+{
+    size_t lo = 0, hi = l->nfirst;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const char *f = l->first[mid];
+        int c = strncmp(f, key, len);
+        if (c == 0)
+            c = f[len] != '\0';
+        if (c == 0)
+            return 1;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
 static int collect(void *arg, const char *key, size_t len)
 {
     struct leave *l = arg;
     struct am_placement_send add[AM_PLACEMENT_MAX_COPIES];
+    if (l->walking && is_first(l, key, len))
+        return 0; /* sent first */
     size_t n = am_placement_plan(l->ring, l->self_idx, l->next, l->next_self,
                                  am_ring_key_of(key, len), l->env.copies, add);
     if (n == 0)
@@ -117,6 +146,8 @@ static void on_timer_closed(uv_handle_t *h)
     am_free(l->ready);
     am_buf_close(&l->keys);
     am_buf_close(&l->state);
+    am_free(l->first);
+    am_buf_close(&l->first_keys);
     am_free(l);
 }
 
@@ -126,6 +157,7 @@ static void leave_free(struct leave *l)
 }
 
 static void pump(struct leave *l);
+static int walk(struct leave *l);
 
 static void finish(struct leave *l)
 {
@@ -216,7 +248,17 @@ static void pump(struct leave *l)
          * that follows sends what this node owns). */
         l->cursor = l->nkeys;
         l->nready = l->nlater = 0;
+        l->walked = 1;
         uv_timer_stop(&l->timer);
+    }
+    if (!l->walked && l->cursor == l->nkeys && l->inflight == 0 && l->nready == 0) {
+        int rc = walk(l);
+        if (rc) {
+            /* What was not collected stays here, as for a failed send. */
+            am_log_error("cannot list the actors to hand off: %s", am_strerror(rc));
+            l->st->failed++;
+            l->failed++;
+        }
     }
     while (l->inflight < HANDOFF_WINDOW && (l->cursor < l->nkeys || l->nready)) {
         size_t idx = l->nready ? l->ready[--l->nready] : l->cursor++;
@@ -253,36 +295,115 @@ static void pump(struct leave *l)
             continue;
         l->inflight++;
     }
-    if (l->cursor == l->nkeys && l->inflight == 0 && l->nready == 0 && l->nlater == 0)
+    if (l->walked && l->cursor == l->nkeys && l->inflight == 0 && l->nready == 0 &&
+        l->nlater == 0)
         finish(l);
 }
 
 /* The HANDOFFs go before the REPLICATEs to new replicas: a newcomer holds
  * the calls for an actor until its handoff is there, nobody waits for a
  * new replica. Stable, so each kind keeps the store's key order. */
-static int handoffs_first(struct leave *l)
+static int handoffs_first(struct leave *l, size_t from)
 {
-    if (l->nkeys < 2)
+    size_t n = l->nkeys - from;
+    if (n < 2)
         return 0;
-    struct entry *sorted = am_malloc(l->nkeys * sizeof *sorted);
+    struct entry *sorted = am_malloc(n * sizeof *sorted);
     if (!sorted)
         return -ENOMEM;
     size_t k = 0;
     for (int pass = 0; pass < 2; pass++)
-        for (size_t i = 0; i < l->nkeys; i++)
+        for (size_t i = from; i < l->nkeys; i++)
             if ((l->offs[i].kind == AM_MSG_HANDOFF) == (pass == 0))
                 sorted[k++] = l->offs[i];
-    am_free(l->offs);
-    l->offs = sorted;
-    l->cap = l->nkeys;
+    memcpy(l->offs + from, sorted, n * sizeof *sorted);
+    am_free(sorted);
     return 0;
+}
+
+/* Sizes the per-key arrays for nkeys entries (the new ones untried). */
+static int size_arrays(struct leave *l, size_t had)
+{
+    size_t n = l->nkeys ? l->nkeys : 1;
+    uint8_t *tries = am_realloc(l->tries, n);
+    if (!tries)
+        return -ENOMEM;
+    l->tries = tries;
+    memset(tries + had, 0, n - had);
+    uint32_t *later = am_realloc(l->later, n * sizeof *later);
+    if (!later)
+        return -ENOMEM;
+    l->later = later;
+    uint32_t *ready = am_realloc(l->ready, n * sizeof *ready);
+    if (!ready)
+        return -ENOMEM;
+    l->ready = ready;
+    return 0;
+}
+
+/* Collects what to send of every stored key but the ones sent first, after
+ * them, handoffs before replicas. */
+static int walk(struct leave *l)
+{
+    size_t had = l->nkeys;
+    l->walked = 1;
+    l->walking = 1;
+    int rc = am_store_each_key(l->env.store, collect, l);
+    l->walking = 0;
+    if (!rc)
+        rc = handoffs_first(l, had);
+    if (!rc)
+        rc = size_arrays(l, had);
+    if (rc)
+        l->nkeys = had;
+    else if (l->nkeys > had)
+        am_log_info("sending %zu snapshots %s", l->nkeys - had, l->what);
+    return rc;
+}
+
+static int by_key(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The first keys (back to back, each NUL-terminated, len bytes in all):
+ * copied, sorted for the walk to skip them, and planned. */
+static int plan_first(struct leave *l, const char *keys, size_t len)
+{
+    if (!len)
+        return 0;
+    if (keys[len - 1] != '\0')
+        return -EINVAL;
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        n += keys[i] == '\0';
+    if (am_buf_append(&l->first_keys, keys, len) || !(l->first = am_malloc(n * sizeof *l->first)))
+        return -ENOMEM;
+    const char *p = (const char *)l->first_keys.data, *end = p + len;
+    for (; p < end; p += strlen(p) + 1)
+        if (*p)
+            l->first[l->nfirst++] = p;
+    qsort(l->first, l->nfirst, sizeof *l->first, by_key);
+    size_t k = 0;
+    for (size_t i = 0; i < l->nfirst; i++) {
+        if (k && strcmp(l->first[k - 1], l->first[i]) == 0)
+            continue; /* released twice since the last move */
+        l->first[k++] = l->first[i];
+        int rc = collect(l, l->first[i], strlen(l->first[i]));
+        if (rc)
+            return rc;
+    }
+    l->nfirst = k;
+    return handoffs_first(l, 0);
 }
 
 /* Hands off what moves from ring (this node at self_idx) to next (which l
  * owns and this function frees on error). */
-static int move(struct leave *l, const struct am_ring *ring, int self_idx, const char *what)
+static int move(struct leave *l, const struct am_ring *ring, int self_idx, const char *what,
+                const char *first, size_t first_len)
 {
     l->ring = ring;
+    l->what = what;
     l->self_idx = self_idx;
     l->next_self = am_ring_find(l->next, l->env.self);
     size_t k = am_ring_count(l->next);
@@ -294,20 +415,19 @@ static int move(struct leave *l, const struct am_ring *ring, int self_idx, const
             l->peers[i] = am_peers_get(l->env.peers, m.name, m.addr);
     }
     if (!rc)
-        rc = am_store_each_key(l->env.store, collect, l);
+        rc = plan_first(l, first, first_len);
     if (!rc)
-        rc = handoffs_first(l);
-    if (!rc && l->nkeys &&
-        (!(l->tries = am_calloc(l->nkeys, 1)) || !(l->later = am_malloc(l->nkeys * 4)) ||
-         !(l->ready = am_malloc(l->nkeys * 4))))
-        rc = -ENOMEM;
+        rc = size_arrays(l, 0);
+    if (!rc && l->nkeys)
+        am_log_info("sending %zu snapshots %s, of the actors that were active here, before the "
+                    "others",
+                    l->nkeys, what);
+    if (!rc && !l->nkeys)
+        rc = walk(l);
     if (rc) {
         leave_free(l);
         return rc;
     }
-    l->ring = NULL;
-    if (l->nkeys)
-        am_log_info("sending %zu snapshots %s", l->nkeys, what);
     pump(l);
     return 0;
 }
@@ -361,12 +481,12 @@ int am_handoff_leave(const struct am_handoff_env *env, const struct am_ring *rin
         leave_free(l);
         return rc;
     }
-    return move(l, ring, self_idx, "to their next owners before leaving");
+    return move(l, ring, self_idx, "to their next owners before leaving", NULL, 0);
 }
 
 int am_handoff_move(const struct am_handoff_env *env, const struct am_ring *from,
-                    const struct am_ring *to, struct am_handoff_stats *st, void (*done)(void *arg),
-                    void *arg)
+                    const struct am_ring *to, const char *first, size_t first_len,
+                    struct am_handoff_stats *st, void (*done)(void *arg), void *arg)
 {
     struct leave *l = leave_new(env, st, done, arg);
     if (!l)
@@ -381,7 +501,7 @@ int am_handoff_move(const struct am_handoff_env *env, const struct am_ring *from
         leave_free(l);
         return rc;
     }
-    return move(l, from, self_idx, "to the members that joined");
+    return move(l, from, self_idx, "to the members that joined", first, first_len);
 }
 
 int am_handoff_previous_owner(const struct am_ring *ring, const struct am_ring *without_self,

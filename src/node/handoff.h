@@ -90,10 +90,14 @@ int am_handoff_leave(const struct am_handoff_env *env, const struct am_ring *rin
 
 /* Hands off every stored snapshot this node owned by from and another
  * member owns by to, and sends the snapshots this node owns by to to the
- * members that became their replicas (a ring change), as am_handoff_leave. */
+ * members that became their replicas (a ring change), as am_handoff_leave.
+ * The keys in first (back to back, each NUL-terminated, first_len bytes in
+ * all; the actors that were active here) go first: the store is walked for
+ * the others once they are answered. from must stay valid until done runs;
+ * first is copied. */
 int am_handoff_move(const struct am_handoff_env *env, const struct am_ring *from,
-                    const struct am_ring *to, struct am_handoff_stats *st, void (*done)(void *arg),
-                    void *arg);
+                    const struct am_ring *to, const char *first, size_t first_len,
+                    struct am_handoff_stats *st, void (*done)(void *arg), void *arg);
 
 /* 1 and *prev set when this node (self_idx in ring) owns key and another
  * member owned it before this node was in the ring (its owner by

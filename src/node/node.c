@@ -107,6 +107,10 @@ struct node {
     uv_timer_t done_timer;
     uv_timer_t ring_timer;
     uv_timer_t release_timer; /* deactivates actors this node stopped owning */
+    /* The keys of the actors deactivated there since the last move started
+     * (each NUL-terminated, at most RELEASED_MAX bytes): the next move
+     * hands them off first, as their callers wait at the new owner. */
+    struct am_buf released;
     int ring_timer_open;
     uint64_t ring_builds;
     uint8_t key[AM_KEY_BYTES];
@@ -428,12 +432,25 @@ static int owned_here(void *arg, const char *key, size_t len)
 
 static void maybe_move(struct node *n);
 
+#define RELEASED_MAX (4u << 20)
+
+static void note_released(void *arg, const char *key, size_t len)
+{
+    struct node *n = arg;
+    static const char nul = '\0';
+    if (n->released.len + len + 1 <= RELEASED_MAX &&
+        am_buf_reserve(&n->released, len + 1) == 0) { /* else: handed off in store order */
+        am_buf_append(&n->released, key, len);
+        am_buf_append(&n->released, &nul, 1);
+    }
+}
+
 static void on_release_timer(uv_timer_t *h)
 {
     struct node *n = h->data;
     if (n->stopping || !n->ring || am_ring_count(n->ring) == 0)
         return;
-    if (am_runtime_release(n->rt, owned_here, n))
+    if (am_runtime_release(n->rt, owned_here, note_released, n))
         uv_timer_start(h, on_release_timer, RELEASE_RETRY_MS, 0);
     else
         maybe_move(n);
@@ -1002,10 +1019,13 @@ static void maybe_move(struct node *n)
         return;
     if (!n->base) {
         n->base = ring_copy(n->ring);
+        n->released.len = 0;
         return;
     }
-    if (am_ring_version(n->base) == am_ring_version(n->ring))
+    if (am_ring_version(n->base) == am_ring_version(n->ring)) {
+        n->released.len = 0;
         return;
+    }
     struct move *m = am_malloc(sizeof *m);
     struct am_ring *to = ring_copy(n->ring);
     if (!m || !to) {
@@ -1018,7 +1038,9 @@ static void maybe_move(struct node *n)
     m->to = to;
     n->moving = 1;
     struct am_handoff_env env = move_env(n);
-    int rc = am_handoff_move(&env, n->base, to, &n->handoff, on_moved, m);
+    int rc = am_handoff_move(&env, n->base, to, (const char *)n->released.data, n->released.len,
+                             &n->handoff, on_moved, m);
+    n->released.len = 0;
     if (rc) {
         am_log_error("cannot hand off the actors that moved: %s", am_strerror(rc));
         on_moved(m);
@@ -1271,6 +1293,7 @@ static void placement_close(struct node *n)
     am_free(n->finished);
     n->finished = NULL;
     am_hset_free(&n->handed);
+    am_buf_close(&n->released);
     am_free(n->ring_peers);
     n->repl.ring = NULL;
     n->repl.ring_peers = NULL;

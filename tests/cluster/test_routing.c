@@ -61,11 +61,14 @@ TestSuite(routing, .init = setup, .fini = teardown);
 
 /* ---- nodes ------------------------------------------------------------- */
 
+/* --idle-timeout of the nodes a test starts (ms). */
+static const char *idle_ms = "600000";
+
 static void node_start(int i, const char *timeout_ms)
 {
     cluster_node_init(&cluster, i, "127.0.7");
     const char *extra[] = {"--idle-timeout",
-                           "600000",
+                           idle_ms,
                            "--forward-timeout",
                            timeout_ms,
                            w.key_file[0] ? "--key-file" : NULL,
@@ -566,6 +569,32 @@ Test(routing, a_leaving_node_hands_its_actors_to_their_next_owners, .timeout = 2
  * counter, read through any of the four, still holds its acknowledged adds;
  * the actors n3 now owns were handed to it, and each actor is active on its
  * owner only. */
+/* Waits until node n (which joined nodes 0 .. n-1) waits for no member's
+ * handoff; returns how many snapshots those nodes handed off, none of them
+ * failed. */
+static uint64_t wait_handed_over(int n)
+{
+    int64_t deadline = proc_now_ms() + 15000;
+    for (;;) {
+        json_t *st = cluster_status(&cluster, n);
+        uint64_t waiting = cluster_stat(st, "handoff", "waiting");
+        json_decref(st);
+        if (waiting == 0)
+            break;
+        cr_assert(proc_now_ms() < deadline, "n%d still waits for %llu handoffs", n,
+                  (unsigned long long)waiting);
+        proc_sleep_ms(100);
+    }
+    uint64_t sent = 0;
+    for (int k = 0; k < n; k++) {
+        json_t *st = cluster_status(&cluster, k);
+        sent += cluster_stat(st, "handoff", "sent");
+        cr_assert_eq(cluster_stat(st, "handoff", "failed"), 0, "n%d failed to hand off", k);
+        json_decref(st);
+    }
+    return sent;
+}
+
 Test(routing, a_joining_node_takes_over_its_actors_with_their_state, .timeout = 200)
 {
     const int three[] = {0, 1, 2}, four[] = {0, 1, 2, 3};
@@ -578,24 +607,7 @@ Test(routing, a_joining_node_takes_over_its_actors_with_their_state, .timeout = 
     node_start(3, "5000");
     cluster_wait_one_ring(&cluster, four, 4);
     /* n3 waits for the others' HANDOFF_DONE before it serves what it took. */
-    int64_t deadline = proc_now_ms() + 15000;
-    for (;;) {
-        json_t *st = cluster_status(&cluster, 3);
-        uint64_t waiting = cluster_stat(st, "handoff", "waiting");
-        json_decref(st);
-        if (waiting == 0)
-            break;
-        cr_assert(proc_now_ms() < deadline, "n3 still waits for %llu handoffs",
-                  (unsigned long long)waiting);
-        proc_sleep_ms(100);
-    }
-    uint64_t sent = 0;
-    for (int k = 0; k < 3; k++) {
-        json_t *st = cluster_status(&cluster, k);
-        sent += cluster_stat(st, "handoff", "sent");
-        cr_assert_eq(cluster_stat(st, "handoff", "failed"), 0, "n%d failed to hand off", k);
-        json_decref(st);
-    }
+    uint64_t sent = wait_handed_over(3);
     json_t *st = cluster_status(&cluster, 3);
     uint64_t received = cluster_stat(st, "handoff", "received");
     cr_assert_eq(cluster_stat(st, "handoff", "hold_expired"), 0);
@@ -607,6 +619,77 @@ Test(routing, a_joining_node_takes_over_its_actors_with_their_state, .timeout = 
                  (unsigned long long)mismatches);
     size_t total = cluster_wait_actors_on_owners(&cluster, NULL, four, 4);
     cr_assert_eq(total, (size_t)counters);
+    for (int k = 3; k >= 0; k--)
+        cluster_node_stop_ok(&cluster, k);
+}
+
+/* Node i's log line that says `what`, as its offset in the log (-1: none). */
+static long log_offset(int i, const char *what)
+{
+    char path[300];
+    snprintf(path, sizeof path, "%s/%s.log", w.dir, w.names[i]);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    char line[1024];
+    long at = -1;
+    while (at < 0 && fgets(line, sizeof line, f))
+        if (strstr(line, what))
+            at = ftell(f);
+    fclose(f);
+    return at;
+}
+
+static uint64_t active_on(int i)
+{
+    json_t *st = cluster_status(&cluster, i);
+    uint64_t n = cluster_stat(st, "actors", "active");
+    json_decref(st);
+    return n;
+}
+
+/* The actors a member had active when the newcomer joined are handed to it
+ * before the member walks its store for the idle ones; both arrive whole,
+ * each once. */
+Test(routing, a_joining_node_gets_the_active_actors_first_then_the_idle_ones, .timeout = 200)
+{
+    const int three[] = {0, 1, 2}, four[] = {0, 1, 2, 3};
+    const int counters = 1000, hot = 200;
+    idle_ms = "3000";
+    cluster_start(3, "5000");
+    static uint32_t acked[1000];
+    memset(acked, 0, sizeof acked);
+    srand(17);
+    cr_assert_eq(add_random(three, 3, counters, 3000, acked), 0);
+    int64_t deadline = proc_now_ms() + 15000;
+    while (active_on(0) + active_on(1) + active_on(2) > 0) {
+        cr_assert(proc_now_ms() < deadline, "actors still active 15 s after their last call");
+        proc_sleep_ms(200);
+    }
+    cr_assert_eq(add_random(three, 3, hot, 1000, acked), 0); /* c0 .. c199 active again */
+    node_start(3, "5000");
+    cluster_wait_one_ring(&cluster, four, 4);
+    uint64_t sent = wait_handed_over(3);
+    int ordered = 0;
+    for (int k = 0; k < 3; k++) {
+        long first = log_offset(k, "of the actors that were active here, before the others");
+        long rest = log_offset(k, "snapshots to the members that joined\n");
+        cr_assert_geq(rest, 0, "n%d did not walk its store for the idle actors", k);
+        if (first >= 0) {
+            cr_assert_lt(first, rest, "n%d walked its store before the active actors", k);
+            ordered++;
+        }
+    }
+    cr_assert_geq(ordered, 1, "no member had active actors for n3");
+    json_t *st = cluster_status(&cluster, 3);
+    uint64_t received = cluster_stat(st, "handoff", "received");
+    cr_assert_eq(cluster_stat(st, "handoff", "hold_expired"), 0);
+    cr_assert_eq(cluster_stat(st, "handoff", "current"), 0, "an actor was handed over twice");
+    json_decref(st);
+    cr_assert_eq(received, sent);
+    cr_assert(received > 100, "n3 took over only %llu actors", (unsigned long long)received);
+    uint64_t mismatches = check_counters(four, 4, counters, acked);
+    cr_assert_eq(mismatches, 0, "%llu counters lost adds when n3 joined",
+                 (unsigned long long)mismatches);
     for (int k = 3; k >= 0; k--)
         cluster_node_stop_ok(&cluster, k);
 }

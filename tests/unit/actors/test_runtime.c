@@ -1330,10 +1330,20 @@ static int keep_odd(void *arg, const char *key, size_t len)
     return (key[len - 1] - '0') % 2 == 1;
 }
 
+/* How often each of counter/a0..a9 was told freed. */
+static int freed_count[10];
+
+static void note_freed(void *arg, const char *key, size_t len)
+{
+    (void)arg;
+    cr_assert(len == 10 && memcmp(key, "counter/a", 9) == 0, "%.*s", (int)len, key);
+    freed_count[key[9] - '0']++;
+}
+
 static int released_all(void *arg)
 {
     (void)arg;
-    return am_runtime_release(g.rt, keep_odd, NULL) == 0;
+    return am_runtime_release(g.rt, keep_odd, note_freed, NULL) == 0;
 }
 
 Test(runtime, release_deactivates_the_actors_not_kept_after_writing_them)
@@ -1346,11 +1356,15 @@ Test(runtime, release_deactivates_the_actors_not_kept_after_writing_them)
         add(id, i + 1, NULL);
     }
     /* Dirty: the first call starts their writes and keeps them. */
-    cr_assert_eq(am_runtime_release(g.rt, keep_odd, NULL), 5);
+    memset(freed_count, 0, sizeof freed_count);
+    cr_assert_eq(am_runtime_release(g.rt, keep_odd, note_freed, NULL), 5);
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(freed_count[i], 0, "a%d told freed before its write", i);
     run_until_fn(released_all, NULL, "the even actors released");
     cr_assert_eq(rt_stats().active, 5);
     for (int i = 0; i < 10; i++) {
         snprintf(id, sizeof id, "counter/a%d", i);
+        cr_assert_eq(freed_count[i], i % 2 == 0, "a%d told freed %d times", i, freed_count[i]);
         cr_assert_eq(am_runtime_is_active(g.rt, id, strlen(id)), i % 2, "%s", id);
         if (i % 2 == 0)
             cr_assert_eq(stored_int(id), i + 1, "%s was not written first", id);
@@ -2052,7 +2066,7 @@ Test(runtime, every_activation_writes_at_the_next_epoch)
     expect_version("counter/e1", 6, 8);
 
     /* Released, then reactivated. */
-    cr_assert_eq(am_runtime_release(g.rt, none_kept, NULL), 0);
+    cr_assert_eq(am_runtime_release(g.rt, none_kept, NULL, NULL), 0);
     cr_assert_not(is_active("counter/e1"));
     cr_assert_eq(call("counter", "e1", "add", NULL, 0).i, 12);
     expect_version("counter/e1", 7, 9);
