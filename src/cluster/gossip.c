@@ -64,6 +64,11 @@ struct am_gossip {
     struct am_buf *sync_reply; /* set while am_gossip_sync runs */
     struct stream *streams[MAX_STREAMS];
     int nstreams;
+    /* Push-pull streams leave from the bind address (port 0), as peer
+     * streams do, unless it is 0.0.0.0: the other side and any firewall
+     * between see the address this node is known by. */
+    struct sockaddr_in source;
+    int has_source;
     uint8_t dgram[DGRAM_MAX];
     uint8_t rbuf[DGRAM_MAX];
     int closing;
@@ -308,6 +313,8 @@ static void stream_open(struct am_gossip *g, const char *addr, const uint8_t *ms
     g->st.streams_out++;
     uv_tcp_nodelay(&t->tcp, 1);
     uv_timer_start(&t->timer, stream_on_timeout, STREAM_TIMEOUT_MS, 0);
+    if (!rc && g->has_source)
+        rc = uv_tcp_bind(&t->tcp, (const struct sockaddr *)&g->source, 0);
     if (rc || uv_tcp_connect(&t->creq, &t->tcp, (const struct sockaddr *)&sa, stream_on_connect))
         stream_end(t, 1);
 }
@@ -468,6 +475,9 @@ int am_gossip_start(struct am_gossip **out, uv_loop_t *loop, const struct am_gos
         snprintf(err, errlen, "cannot start membership: %s", am_strerror(rc));
         goto fail;
     }
+    g->source = *o->bind;
+    g->source.sin_port = 0;
+    g->has_source = o->bind->sin_addr.s_addr != htonl(INADDR_ANY);
     uv_udp_init(loop, &g->udp);
     g->udp.data = g;
     rc = uv_udp_bind(&g->udp, (const struct sockaddr *)o->bind, 0);

@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MAX_NODES 6
 #define FORWARD_TIMEOUT "3000"
@@ -65,8 +66,11 @@ static void setup(void)
 
 /* On a failure the nodes' logs are copied to
  * /tmp/amesh-proc-recovery-fail.XXXXXX first. */
+static void heal(void);
+
 static void teardown(void)
 {
+    heal(); /* a partition test that failed: the network first */
     cluster_teardown(&cluster, w.passed ? NULL : "recovery-fail");
 }
 
@@ -439,4 +443,172 @@ Test(recovery, acknowledged_adds_survive_a_join_a_leave_a_crash_and_a_pause_unde
         cluster_node_stop_ok(&cluster, live4[k]);
     cr_log_info("whole test %lld ms", (long long)(proc_now_ms() - t_start));
     w.passed = w.soft == 0;
+}
+
+/* ---- a partition ---------------------------------------------------------- */
+
+#define PART_TABLE "amesh_test_partition"
+
+static char nft_path[64];
+
+static int run_nft(const char *command)
+{
+    struct proc_result r;
+    int rc = proc_execl(&r, 10000, nft_path, command, (char *)NULL);
+    if (rc == 0)
+        rc = r.code;
+    if (rc)
+        cr_log_error("nft %s: exit %d: %s", command, rc, r.err ? r.err : "");
+    proc_result_free(&r);
+    return rc;
+}
+
+/* Drops every packet between 127.0.8.1-2 (n0, n1) and 127.0.8.3-5 (n2-n4),
+ * both ways, on loopback; the test's own connections (from 127.0.0.1) and
+ * the rest of the machine are untouched. */
+static void cut(void)
+{
+    static const char *const rules[] = {
+        "add table inet " PART_TABLE,
+        "add chain inet " PART_TABLE
+        " input { type filter hook input priority 0; policy accept; }",
+        "add rule inet " PART_TABLE " input ip saddr 127.0.8.1-127.0.8.2 ip daddr "
+        "127.0.8.3-127.0.8.5 drop",
+        "add rule inet " PART_TABLE " input ip saddr 127.0.8.3-127.0.8.5 ip daddr "
+        "127.0.8.1-127.0.8.2 drop",
+    };
+    for (size_t i = 0; i < sizeof rules / sizeof rules[0]; i++)
+        cr_assert_eq(run_nft(rules[i]), 0);
+}
+
+static void heal(void)
+{
+    struct proc_result r;
+    if (!nft_path[0])
+        return;
+    if (proc_execl(&r, 10000, nft_path, "delete table inet " PART_TABLE, (char *)NULL) == 0)
+        proc_result_free(&r);
+}
+
+/* Guarantee 16 with real processes: five nodes, R=2, split into n0-n1 and
+ * n2-n4 until each side has declared the other dead, adds through the
+ * majority meanwhile, then healed. Every add acknowledged before the cut
+ * survives where a copy of its counter was on the majority side, and so
+ * does every add the majority acknowledged during the cut; no counter
+ * holds more than was attempted; afterwards each actor is active on its
+ * owner only. Needs root and nft (else skipped).
+ *
+ * DISABLED: it fails, and shows a loss the placement simulation did not.
+ * In each of three runs, one of the two minority nodes refuted a suspicion
+ * of itself (incarnation 2) without taking the "declared dead" path (drop
+ * its actors, hold their calls until handed back): in the run with logs
+ * checked, n0 logged "the other members declared this node dead", n1 did
+ * not. The counters that node owns by the ring of five, whose replica on
+ * the majority side served them during the cut, read with their count from
+ * before the cut: 78 of 1,000 counters right after the heal in one run; in
+ * another 115 right after, and counters still short 3 s later. The adds
+ * the majority acknowledged during the cut are lost. Enable once a node
+ * that comes back to a view that had it dead always waits for the
+ * handback. */
+Test(recovery, a_healed_partition_keeps_what_the_side_with_a_copy_acknowledged, .timeout = 300,
+     .disabled = true)
+{
+    if (geteuid() != 0)
+        cr_skip_test("a partition (nftables) needs root (euid %d)", (int)geteuid());
+    const char *const candidates[] = {"/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"};
+    for (size_t i = 0; i < 3 && !nft_path[0]; i++)
+        if (access(candidates[i], X_OK) == 0)
+            snprintf(nft_path, sizeof nft_path, "%s", candidates[i]);
+    if (!nft_path[0])
+        cr_skip_test("no nft (nftables) in sbin");
+    heal(); /* a table left by a run that died */
+
+    const int five[] = {0, 1, 2, 3, 4}, majority[] = {2, 3, 4};
+    for (int i = 0; i < 5; i++)
+        node_start(i);
+    cluster_wait_one_ring(&cluster, five, 5);
+    cluster_wait_no_handoffs(&cluster, five, 5);
+    proc_sleep_ms(1000);
+    memset(acked, 0, sizeof acked);
+    srand(23);
+    uint64_t failed = counters_add_random(&base, &cluster, five, 5, BASE_ADDS, acked);
+    cr_assert_eq(failed, 0, "%llu of %d base adds failed before the cut", (unsigned long long)failed,
+                 BASE_ADDS);
+    static uint32_t before[BASE];
+    memcpy(before, acked, sizeof before);
+    /* Where a copy of each counter was: owner and replica by the ring of
+     * five. */
+    static uint8_t on_majority[BASE];
+    struct am_ring *ring5 = cluster_ring(&cluster, five, 5);
+    int nmin_only = 0;
+    for (int k = 0; k < BASE; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "b%d", k);
+        uint64_t key = am_ring_key("counter", 7, id, strlen(id));
+        int copies[2] = {am_ring_owner(ring5, key), -1};
+        am_ring_successors(ring5, key, &copies[1], 1);
+        on_majority[k] = 0;
+        for (int c = 0; c < 2; c++)
+            on_majority[k] |= copies[c] >= 0 && atoi(am_ring_member(ring5, copies[c]) + 1) >= 2;
+        nmin_only += !on_majority[k];
+    }
+    am_ring_free(ring5);
+
+    int64_t t_cut = proc_now_ms();
+    cut();
+    int64_t maj = time_until_ring(2, 3, 20000), min = time_until_ring(0, 2, 20000);
+    cr_assert(maj >= 0 && min >= 0, "the sides did not part within 20 s (%lld, %lld ms)",
+              (long long)maj, (long long)min);
+    cluster_wait_one_ring(&cluster, majority, 3);
+    cr_log_info("partition: n2's ring lost n0 and n1 %lld ms after the cut, n0's lost the "
+                "others after %lld ms",
+                (long long)maj, (long long)min);
+    uint64_t failed_during = counters_add_random(&base, &cluster, majority, 3, 2000, acked);
+    proc_sleep_ms(2000);
+    heal();
+    int64_t t_heal = proc_now_ms();
+    for (int i = 0; i < 5; i++)
+        cr_assert(time_until_ring(i, 5, 30000) >= 0, "n%d's ring is not whole 30 s after the heal",
+                  i);
+    cluster_wait_one_ring(&cluster, five, 5);
+    cr_log_info("healed: one ring of five %lld ms after the heal (cut for %lld ms); %llu adds "
+                "during the cut failed (retryable)",
+                (long long)(proc_now_ms() - t_heal), (long long)(t_heal - t_cut),
+                (unsigned long long)failed_during);
+
+    /* Right after the heal: stale reads are counted, not failed (see the
+     * comment above the test). */
+    static int64_t value[BASE];
+    counters_read(&base, &cluster, five, 5, value, 30000, "right after the heal");
+    int stale = 0;
+    for (int k = 0; k < BASE; k++)
+        stale += on_majority[k] && value[k] < (int64_t)acked[k];
+    cluster_wait_no_handoffs(&cluster, five, 5);
+    proc_sleep_ms(3000);
+    counters_read(&base, &cluster, five, 5, value, 30000, "after the heal");
+    int lost = 0, over = 0;
+    for (int k = 0; k < BASE; k++) {
+        if (on_majority[k] && value[k] < (int64_t)acked[k] && lost++ < 10) {
+            char id[16], p5[64], p3[64];
+            snprintf(id, sizeof id, "b%d", k);
+            place(p5, sizeof p5, five, 5, id);
+            place(p3, sizeof p3, majority, 3, id);
+            cr_log_error("b%d is %lld: %u adds acknowledged before the cut and %u during it; "
+                         "%s of five, %s of the majority",
+                         k, (long long)value[k], before[k], acked[k] - before[k], p5, p3);
+        }
+        if (value[k] > (int64_t)(acked[k] + failed_during) && over++ < 10)
+            cr_log_error("b%d is %lld: more than the %u acknowledged and %llu failed adds", k,
+                         (long long)value[k], acked[k], (unsigned long long)failed_during);
+    }
+    cr_log_info("after the heal: %d counters had every copy on the minority side (their history "
+                "before the cut may be lost); %d read right after the heal were stale",
+                nmin_only, stale);
+    cr_assert_eq(lost, 0, "%d counters with a copy on the majority side lost acknowledged adds",
+                 lost);
+    cr_assert_eq(over, 0, "%d counters hold adds that were never made", over);
+    cluster_wait_actors_on_owners(&cluster, "after the heal", five, 5);
+    for (int k = 4; k >= 0; k--)
+        cluster_node_stop_ok(&cluster, k);
+    w.passed = 1;
 }
