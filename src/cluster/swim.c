@@ -969,6 +969,35 @@ static void refute(struct am_swim *s, uint64_t claimed)
     member_event(s, AM_SWIM_EV_UPDATED, 0);
 }
 
+/* Tells member i, straight, that it was declared dead at incarnation inc:
+ * one datagram, that death leading. A member learns it was declared dead
+ * only from a death message about itself (note_declared_dead), and the
+ * news that reaches it after a partition heals is often just a suspicion
+ * (a merged remote death is a suspicion, below): it refutes and never
+ * learns that the others may have served its actors meanwhile. A process
+ * test partitioning five nodes saw such a member keep its old copies after
+ * the heal, and the majority's writes of the cut were lost. */
+static void tell_dead(struct am_swim *s, uint32_t i, uint64_t inc)
+{
+    if (i == 0 || i == NONE)
+        return;
+    const struct member *m = &s->m[i];
+    struct am_swim_msg msg;
+    memset(&msg, 0, sizeof msg);
+    msg.type = AM_SWIM_MSG_DEAD;
+    msg.name.p = m->name;
+    msg.name.len = m->name_len;
+    msg.addr.p = m->addr;
+    msg.addr.len = m->addr_len;
+    msg.incarnation = inc;
+    msg.from.p = s->m[0].name;
+    msg.from.len = s->m[0].name_len;
+    char addr[AM_SWIM_MAX_ADDR + 1];
+    memcpy(addr, m->addr, (size_t)m->addr_len + 1);
+    send_packet(s, addr, &msg, 1);
+    s->st.deaths_told++;
+}
+
 static void on_alive(struct am_swim *s, const struct am_swim_str *name,
                      const struct am_swim_str *addr, uint64_t inc, uint64_t now)
 {
@@ -1014,9 +1043,12 @@ static void on_alive(struct am_swim *s, const struct am_swim_str *name,
     if (moved && member_set_strings(m, m->name, m->name_len, addr->p, addr->len))
         return;
     enum am_member_state was = m->state;
+    uint64_t was_inc = m->incarnation;
     m->incarnation = inc;
     set_state(s, i, AM_MEMBER_ALIVE, now);
     bq_put(s, i, NULL);
+    if (was == AM_MEMBER_DEAD)
+        tell_dead(s, i, was_inc); /* back from dead here: it hears it was */
     member_event(
         s, was == AM_MEMBER_DEAD || was == AM_MEMBER_LEFT ? AM_SWIM_EV_JOINED : AM_SWIM_EV_UPDATED,
         i);
@@ -1106,6 +1138,9 @@ static void note_declared_dead(struct am_swim *s, const struct am_swim_str *name
         return;
     s->dead_floor = inc + 1;
     s->st.declared_dead++;
+    /* An event about this node, so the driver looks at the count now: a
+     * death below our incarnation changes nothing else here. */
+    member_event(s, AM_SWIM_EV_UPDATED, 0);
 }
 
 static void on_dead(struct am_swim *s, const struct am_swim_str *name, uint64_t inc,
@@ -1787,8 +1822,14 @@ int am_swim_on_stream(struct am_swim *s, const char *from_addr, const uint8_t *p
             break;
         case AM_MEMBER_DEAD:
         case AM_MEMBER_SUSPECT:
-            if (pm.state == AM_MEMBER_DEAD)
+            if (pm.state == AM_MEMBER_DEAD) {
                 note_declared_dead(s, &pm.name, pm.incarnation);
+                /* Dead in the other's view, alive here: it hears it. */
+                uint32_t d = find(s, pm.name.p, pm.name.len);
+                if (d != NONE && d != 0 && is_live(s->m[d].state) &&
+                    pm.incarnation >= s->m[d].incarnation)
+                    tell_dead(s, d, pm.incarnation);
+            }
             /* memberlist's mergeState: a remote death is only a suspicion
              * here (accused by us), so a live member gets its chance to
              * refute; this is what merges two views after a partition. */

@@ -158,6 +158,7 @@ struct am_swim_stats {
     uint64_t suspicions, refutations, deaths_declared;
     uint64_t corrections; /* stale accusations of this node answered to the accuser */
     uint64_t announces;   /* members told of this node's join directly */
+    uint64_t deaths_told; /* members told directly that a push-pull listed them dead */
     uint64_t declared_dead; /* times others declared this node dead (it refuted) */
     uint64_t packets_in, packets_out, bytes_in, bytes_out;
     uint64_t bad_packets;

@@ -104,6 +104,9 @@ static const struct row rows[] = {
      "Accusations of this node it had refuted already, answered to the accuser directly."},
     {"membership", "announces", "membership_announces_total", COUNTER, 0,
      "Members this node told of its join directly, once the join was answered."},
+    {"membership", "deaths_told", "membership_deaths_told_total", COUNTER, 0,
+     "Members told directly they had been declared dead (back from dead here, or dead in "
+     "another member's view)."},
     {"membership", "deaths_declared", "membership_deaths_declared_total", COUNTER, 0,
      "Suspicions that timed out on this node."},
     {"membership", "health", "membership_health", GAUGE, 0, "Lifeguard local health, 0 to 7."},

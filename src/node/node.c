@@ -261,7 +261,7 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "bytes_in", vs.bytes_in) || pack_kv_u64(pk, "bytes_out", vs.bytes_out) ||
            pack_kv_u64(pk, "peers", vs.peers) ||
            pack_kv_u64(pk, "peers_refused", vs.peers_refused) ||
-           am_mp_pack_str(pk, "membership", 10) || msgpack_pack_map(pk, 24) ||
+           am_mp_pack_str(pk, "membership", 10) || msgpack_pack_map(pk, 25) ||
            pack_kv_str(pk, "profile", n->cfg.profile) ||
            pack_kv_u64(pk, "encrypted", (uint64_t)n->keyed) ||
            pack_kv_u64(pk, "members", am_swim_count(core)) || pack_kv_u64(pk, "live", alive) ||
@@ -272,6 +272,7 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "refutations", ws.refutations) ||
            pack_kv_u64(pk, "corrections", ws.corrections) ||
            pack_kv_u64(pk, "announces", ws.announces) ||
+           pack_kv_u64(pk, "deaths_told", ws.deaths_told) ||
            pack_kv_u64(pk, "deaths_declared", ws.deaths_declared) ||
            pack_kv_u64(pk, "health", ws.health) || pack_kv_u64(pk, "packets_in", ws.packets_in) ||
            pack_kv_u64(pk, "packets_out", ws.packets_out) ||

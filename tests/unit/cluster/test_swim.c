@@ -1068,6 +1068,13 @@ Test(swim, a_stale_accusation_is_answered_to_the_accuser)
 /* A node whose join is answered tells the members the seed listed of
  * itself at once, one packet each that its alive leads; the seed knows
  * already. Later push-pull replies announce nothing. */
+static enum am_member_state state_of_core(const struct am_swim *s, const char *name)
+{
+    struct am_swim_member m;
+    cr_assert_eq(am_swim_find(s, name, &m), 0, "%s unknown", name);
+    return m.state;
+}
+
 /* The seed's answer to a push-pull: p1..p4 alive, p5 dead. */
 static void seed_list(struct fake *f, unsigned flags)
 {
@@ -1110,6 +1117,47 @@ Test(swim, a_joined_node_announces_itself_to_the_members_it_learned)
     seed_list(&f, AM_SWIM_PP_REPLY);
     am_swim_get_stats(f.s, &st);
     cr_assert_eq(st.announces, 3);
+    fake_close(&f);
+    LEAK_CHECK();
+}
+
+/* A member learns it was declared dead only from a death about itself.
+ * One that comes back from dead here, and one alive here that a merged
+ * push-pull lists dead (the other side of a healed partition), each get
+ * that death straight from this node. */
+Test(swim, a_member_back_from_dead_or_dead_elsewhere_is_told_so)
+{
+    struct fake f;
+    fake_init(&f, "me", "10.0.0.100:1");
+    fake_peers(&f, 4);
+    const struct am_swim_action *a;
+    fake_update(&f, AM_SWIM_MSG_DEAD, "p2", fake_addrs[1], 0, "p3");
+    cr_assert_eq(state_of_core(f.s, "p2"), AM_MEMBER_DEAD);
+    am_swim_actions(f.s, &a);
+    fake_update(&f, AM_SWIM_MSG_ALIVE, "p2", fake_addrs[1], 1, NULL);
+    cr_assert_eq(state_of_core(f.s, "p2"), AM_MEMBER_ALIVE);
+    cr_assert_eq(packets_to(f.s, fake_addrs[1], "p2", 0, AM_SWIM_MSG_DEAD), 1);
+    /* p1's push-pull has p3 dead at the incarnation p3 is alive at here. */
+    am_buf_set(&f.b, NULL, 0);
+    cr_assert_eq(am_swim_pp_encode_hdr(&f.b, 0, "p1", 2, 2), 0);
+    struct am_swim_pp_member m1 = {S("p1"), S(fake_addrs[0]), AM_MEMBER_ALIVE, 0};
+    struct am_swim_pp_member m3 = {S("p3"), S(fake_addrs[2]), AM_MEMBER_DEAD, 0};
+    cr_assert_eq(am_swim_pp_encode_member(&f.b, &m1), 0);
+    cr_assert_eq(am_swim_pp_encode_member(&f.b, &m3), 0);
+    cr_assert_eq(am_swim_on_stream(f.s, fake_addrs[0], f.b.data, f.b.len, f.now), 0);
+    cr_assert_eq(packets_to(f.s, fake_addrs[2], "p3", 0, AM_SWIM_MSG_DEAD), 1);
+    /* A death older than what this node knows of p4: nothing. */
+    fake_update(&f, AM_SWIM_MSG_ALIVE, "p4", fake_addrs[3], 3, NULL);
+    am_swim_actions(f.s, &a);
+    am_buf_set(&f.b, NULL, 0);
+    cr_assert_eq(am_swim_pp_encode_hdr(&f.b, 0, "p1", 2, 1), 0);
+    struct am_swim_pp_member m4 = {S("p4"), S(fake_addrs[3]), AM_MEMBER_DEAD, 2};
+    cr_assert_eq(am_swim_pp_encode_member(&f.b, &m4), 0);
+    cr_assert_eq(am_swim_on_stream(f.s, fake_addrs[0], f.b.data, f.b.len, f.now), 0);
+    cr_assert_eq(packets_to(f.s, fake_addrs[3], "p4", 2, AM_SWIM_MSG_DEAD), 0);
+    struct am_swim_stats st;
+    am_swim_get_stats(f.s, &st);
+    cr_assert_eq(st.deaths_told, 2);
     fake_close(&f);
     LEAK_CHECK();
 }
