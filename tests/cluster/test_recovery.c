@@ -342,13 +342,11 @@ static int64_t time_until_ring(int i, int members, int timeout_ms)
     return -1;
 }
 
-/* ---- the test --------------------------------------------------------------- */
-
-Test(recovery, acknowledged_adds_survive_a_join_a_leave_a_crash_and_a_pause_under_load,
-     .timeout = 400)
+/* Starts n0 .. n4, waits for one ring and no handoff, and adds BASE_ADDS
+ * to the base counters (acked counts them); every add must succeed. */
+static void start_five_with_base(unsigned seed)
 {
     const int five[] = {0, 1, 2, 3, 4};
-    int64_t t_start = proc_now_ms();
     for (int i = 0; i < 5; i++)
         node_start(i);
     cluster_wait_one_ring(&cluster, five, 5);
@@ -356,12 +354,21 @@ Test(recovery, acknowledged_adds_survive_a_join_a_leave_a_crash_and_a_pause_unde
     /* A node that meets a member before that member has heard of it has its
      * peer stream refused and backs off for a moment (test_routing.c). */
     proc_sleep_ms(1000);
-
     memset(acked, 0, sizeof acked);
-    srand(17);
+    srand(seed);
     uint64_t failed = counters_add_random(&base, &cluster, five, 5, BASE_ADDS, acked);
     cr_assert_eq(failed, 0, "%llu of %d base adds failed in a stable cluster",
                  (unsigned long long)failed, BASE_ADDS);
+}
+
+/* ---- the test --------------------------------------------------------------- */
+
+Test(recovery, acknowledged_adds_survive_a_join_a_leave_a_crash_and_a_pause_under_load,
+     .timeout = 400)
+{
+    const int five[] = {0, 1, 2, 3, 4};
+    int64_t t_start = proc_now_ms();
+    start_five_with_base(17);
     cr_assert_eq(check_counters("base", five, 5), 0, "base counters differ before any change");
     cr_log_info("cluster of 5 up and %d adds to %d base counters acknowledged in %lld ms",
                 BASE_ADDS, BASE, (long long)(proc_now_ms() - t_start));
@@ -518,16 +525,7 @@ Test(recovery, a_healed_partition_keeps_what_the_side_with_a_copy_acknowledged, 
     heal(); /* a table left by a run that died */
 
     const int five[] = {0, 1, 2, 3, 4}, majority[] = {2, 3, 4};
-    for (int i = 0; i < 5; i++)
-        node_start(i);
-    cluster_wait_one_ring(&cluster, five, 5);
-    cluster_wait_no_handoffs(&cluster, five, 5);
-    proc_sleep_ms(1000);
-    memset(acked, 0, sizeof acked);
-    srand(23);
-    uint64_t failed = counters_add_random(&base, &cluster, five, 5, BASE_ADDS, acked);
-    cr_assert_eq(failed, 0, "%llu of %d base adds failed before the cut", (unsigned long long)failed,
-                 BASE_ADDS);
+    start_five_with_base(23);
     static uint32_t before[BASE];
     memcpy(before, acked, sizeof before);
     /* Where a copy of each counter was: owner and replica by the ring of
