@@ -1,22 +1,19 @@
-/* peer.c - streams to other nodes that carry forwarded calls (see peer.h).
+/* peer.c - the calls sent to other nodes over links (see peer.h).
  *
  * A peer owns its queue of calls waiting for replies: slots in an array that
  * grows by doubling up to max_pending and is then reused through a free
  * list, so the forwarding path allocates nothing per call once warm. A
- * call's request id on the stream is (generation << 32 | slot): a reply that
+ * call's request id on the link is (generation << 32 | slot): a reply that
  * comes after its call timed out finds a newer generation and is dropped.
  * Waiting slots are also linked in the order they were sent, so the oldest
  * is at the head and the deadline sweep looks at heads only.
  *
- * The TCP connection (struct pconn) is separate from the peer: when a stream
- * fails, the peer forgets it at once (its calls fail, its buffers are
- * emptied) and the connection closes on its own; a new one can start before
- * the old one's close callback has run.
- *
- * Output is plain text in p->out until the loop turn ends (a uv_check, with
- * a uv_idle so the loop does not block while a turn is due); then it is
- * sealed when there is a cluster key and written with one uv_try_write, the
- * rest by one uv_write. */
+ * The link (a server connection) is separate from the peer: when a link
+ * fails, the peer forgets it at once (its calls fail) and the server closes
+ * it; a new one can be dialed before the old one's close has completed. A
+ * peer has at most two links: `link`, which new calls use, and `old`, the
+ * loser of a simultaneous dial, kept until the calls already sent on it are
+ * answered (replies are matched by id, whatever link they come on). */
 #include "peer.h"
 
 #include "addr.h"
@@ -25,15 +22,12 @@
 #include "log.h"
 #include "mem.h"
 #include "mp.h"
-#include "seal.h"
 
 #include <errno.h>
-#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
-#define READ_CHUNK (64 * 1024)
 /* A peer that could not be reached is not tried again for RETRY_MIN_MS,
  * doubling per failure up to RETRY_MAX_MS: calls to it fail at once in
  * between, instead of each one paying for a connection attempt. */
@@ -52,47 +46,33 @@ struct slot {
     uint32_t gen;
 };
 
-struct pconn {
-    uv_tcp_t tcp;
-    uv_connect_t creq;
-    uv_write_t wreq;
-    struct am_peer *p; /* NULL once the peer let go of this connection */
-    struct am_buf wbuf;
-    int writing;
-};
-
 struct am_peer {
     struct am_peers *ps;
-    struct am_peer *next, *turn_next;
-    int in_turn;
+    struct am_peer *next;
     char *name;
     char addr[48];
     struct sockaddr_in sa;
     int sa_ok;
-    struct pconn *c; /* the stream, or NULL */
-    int connected;
-    struct am_buf out, in, raw, sealed;
-    struct am_secure sec;
-    int sec_on;
+    void *link;         /* where new calls go, or NULL */
+    int link_dialed;    /* this node dialed it */
+    void *old;          /* the loser of a simultaneous dial, or NULL */
+    int old_dialed;     /* ... which this node closes at old_until */
+    uint64_t old_until;
     struct slot *slots;
     uint32_t nslots, cap, free_head, head, tail, pending;
     uint64_t last_read; /* last bytes read, or when calls started waiting */
     uint64_t retry_at;
     unsigned backoff;
-    char why[160]; /* why the last stream failed, e.g. "connection refused" */
+    char why[160]; /* why the last link failed, e.g. "connection refused" */
 };
 
 struct am_peers {
     uv_loop_t *loop;
-    uv_check_t check;
-    uv_idle_t idle;
     uv_timer_t timer;
     struct am_peers_opts o;
+    struct am_peer_io io;
     char *name;
-    struct sockaddr_in source; /* o.source points here when given */
-    uint8_t key[AM_KEY_BYTES];
-    int keyed;
-    struct am_peer *peers, *turn;
+    struct am_peer *peers;
     struct am_peers_stats st;
     int closing, handles;
     void (*done)(void *arg);
@@ -118,7 +98,7 @@ static size_t pack_msg(uint8_t *buf, size_t cap, const char *msg)
 
 static size_t queued(const struct am_peer *p)
 {
-    return p->out.len + p->sealed.len + (p->c ? p->c->wbuf.len : 0);
+    return p->link ? p->ps->io.queued(p->link) : 0;
 }
 
 /* ---- slots ---- */
@@ -192,37 +172,21 @@ static void fail_all(struct am_peer *p, int status, const char *msg)
         complete(p, p->head, status, body, len);
 }
 
-/* ---- the stream ---- */
+/* ---- links ---- */
 
-static void on_pconn_closed(uv_handle_t *h)
-{
-    struct pconn *c = h->data;
-    am_buf_close(&c->wbuf);
-    am_free(c);
-}
-
-/* Lets go of the stream: the connection closes on its own, the peer's
- * buffers are emptied. */
+/* Lets go of both links; the server closes them. */
 static void detach(struct am_peer *p)
 {
-    struct pconn *c = p->c;
-    if (!c)
-        return;
-    p->c = NULL;
-    p->connected = 0;
-    c->p = NULL;
-    p->ps->st.streams--;
-    uv_close((uv_handle_t *)&c->tcp, on_pconn_closed);
-    am_buf_close(&p->out);
-    am_buf_close(&p->in);
-    am_buf_close(&p->raw);
-    am_buf_close(&p->sealed);
-    if (p->sec_on)
-        am_secure_free(&p->sec);
-    p->sec_on = 0;
+    struct am_peers *ps = p->ps;
+    void *link = p->link, *old = p->old;
+    p->link = p->old = NULL;
+    if (link)
+        ps->io.close(link);
+    if (old)
+        ps->io.close(old);
 }
 
-/* The stream failed: it is closed, its calls fail with status, and the peer
+/* The link failed: it is closed, the calls fail with status, and the peer
  * is not tried again before the backoff (unless backoff is 0). */
 static void stream_fail(struct am_peer *p, int status, int backoff, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -234,7 +198,7 @@ static void stream_fail(struct am_peer *p, int status, int backoff, const char *
     va_start(ap, fmt);
     vsnprintf(p->why, sizeof p->why, fmt, ap);
     va_end(ap);
-    if (p->c)
+    if (p->link)
         ps->st.stream_errors++;
     detach(p);
     if (backoff) {
@@ -261,288 +225,103 @@ static void stream_fail(struct am_peer *p, int status, int backoff, const char *
     fail_all(p, status, msg);
 }
 
-static void on_turn(uv_check_t *h);
-
-static void on_idle(uv_idle_t *h)
+static void sweep_soon(struct am_peers *ps)
 {
-    (void)h;
+    if (!uv_is_active((uv_handle_t *)&ps->timer))
+        uv_timer_start(&ps->timer, on_sweep, SWEEP_MS, SWEEP_MS);
 }
 
-static void turn_add(struct am_peer *p)
+/* Keeps `loser` until the calls sent on it had their time; the node that
+ * dialed it closes it then. A third link (not seen in practice: a node
+ * dials only while it has none) replaces an older loser at once. */
+static void retire(struct am_peer *p, void *loser, int dialed)
 {
     struct am_peers *ps = p->ps;
-    if (p->in_turn)
-        return;
-    p->in_turn = 1;
-    p->turn_next = ps->turn;
-    ps->turn = p;
-    uv_check_start(&ps->check, on_turn);
-    uv_idle_start(&ps->idle, on_idle);
+    if (p->old && p->old_dialed)
+        ps->io.close(p->old);
+    p->old = loser;
+    p->old_dialed = dialed;
+    p->old_until = uv_now(ps->loop) + ps->o.timeout_ms + SWEEP_MS;
+    sweep_soon(ps);
 }
 
-static void on_write(uv_write_t *req, int status)
+void am_peer_link_up(struct am_peer *p, void *link, int dialed)
 {
-    struct pconn *c = req->data;
-    c->writing = 0;
-    struct am_peer *p = c->p;
-    if (!p)
-        return;
-    p->ps->st.bytes_out += c->wbuf.len;
-    c->wbuf.len = 0;
-    if (c->wbuf.cap > p->ps->o.max_out)
-        am_buf_close(&c->wbuf);
-    if (status < 0) {
-        stream_fail(p, AM_ST_UNAVAILABLE, 1, "write failed: %s", uv_strerror(status));
+    struct am_peers *ps = p->ps;
+    if (dialed) {
+        if (link == p->link || link == p->old)
+            ps->st.connects++;
         return;
     }
-    if (p->out.len || p->sealed.len)
-        turn_add(p);
+    ps->st.accepts++;
+    if (!p->link) {
+        p->link = link;
+        p->link_dialed = 0;
+        p->last_read = uv_now(ps->loop);
+        return;
+    }
+    /* Both dialed: both nodes keep the link dialed by the first name. */
+    int ours_wins = strcmp(ps->name, p->name) < 0;
+    if (!p->link_dialed || ours_wins) {
+        retire(p, link, 0);
+        return;
+    }
+    retire(p, p->link, 1);
+    p->link = link;
+    p->link_dialed = 0;
 }
 
-/* Writes what the peer has queued, if it can now. */
-static void flush(struct am_peer *p)
+void am_peer_link_reply(struct am_peer *p, const struct am_reply *r)
 {
-    struct pconn *c = p->c;
-    if (!c || !p->connected || c->writing)
-        return;
-    struct am_buf *src = &p->out;
-    if (p->sec_on) {
-        /* Until the handshake completes the calls stay in p->out, where
-         * queued() counts them against max_out (am_secure_out would hold
-         * them in its own queue, up to AM_SEAL_QUEUE_MAX). */
-        if (p->out.len && am_secure_ready(&p->sec)) {
-            if (am_secure_out(&p->sec, p->out.data, p->out.len, &p->sealed)) {
-                stream_fail(p, AM_ST_UNAVAILABLE, 1, "out of memory sealing a record");
-                return;
-            }
-            p->out.len = 0;
-        }
-        src = &p->sealed;
+    struct am_peers *ps = p->ps;
+    uint32_t i = (uint32_t)r->id, gen = (uint32_t)(r->id >> 32);
+    if (i < p->nslots && p->slots[i].cb && p->slots[i].gen == gen) {
+        ps->st.replies++;
+        p->backoff = 0; /* the link works: its next failure starts the doubling again */
+        complete(p, i, r->status, r->body, r->body_len);
     }
-    if (src->len == 0)
-        return;
-    uv_buf_t direct = uv_buf_init((char *)src->data, (unsigned)src->len);
-    int n = uv_try_write((uv_stream_t *)&c->tcp, &direct, 1);
-    if (n < 0 && n != UV_EAGAIN) {
-        stream_fail(p, AM_ST_UNAVAILABLE, 1, "write failed: %s", uv_strerror(n));
-        return;
-    }
-    if (n > 0) {
-        p->ps->st.bytes_out += (uint64_t)n;
-        am_buf_consume(src, (size_t)n);
-        if (src->len == 0)
-            return;
-    }
-    struct am_buf t = c->wbuf;
-    c->wbuf = *src;
-    *src = t;
-    src->len = 0;
-    uv_buf_t b = uv_buf_init((char *)c->wbuf.data, (unsigned)c->wbuf.len);
-    c->wreq.data = c;
-    int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write);
-    if (rc) {
-        stream_fail(p, AM_ST_UNAVAILABLE, 1, "write failed: %s", uv_strerror(rc));
-        return;
-    }
-    c->writing = 1;
+    /* else: the call already timed out; its late reply is dropped */
 }
 
-static void on_turn(uv_check_t *h)
+void am_peer_link_bytes(struct am_peer *p, size_t in, size_t out)
 {
-    struct am_peers *ps = h->data;
-    struct am_peer *list = ps->turn;
-    ps->turn = NULL;
-    while (list) {
-        struct am_peer *p = list;
-        list = p->turn_next;
-        p->in_turn = 0;
-        flush(p);
-    }
-    if (!ps->turn) {
-        uv_check_stop(&ps->check);
-        uv_idle_stop(&ps->idle);
-    }
+    p->ps->st.bytes_in += in;
+    p->ps->st.bytes_out += out;
+    if (in)
+        p->last_read = uv_now(p->ps->loop);
 }
 
-/* The HELLO reply: the node must be the one we meant. Returns 0 or -1 (the
- * stream was failed). */
-static int check_hello(struct am_peer *p, const struct am_reply *r)
+void am_peer_link_bad_frame(struct am_peer *p)
 {
-    if (r->status != AM_ST_OK) {
-        const char *msg = "";
-        uint32_t mlen = 0;
-        const uint8_t *q = r->body;
-        am_mp_read_str(&q, r->body + r->body_len, &msg, &mlen);
-        stream_fail(p, AM_ST_UNAVAILABLE, 1, "refused the peer stream: %.*s", (int)mlen, msg);
-        return -1;
-    }
-    const uint8_t *q = r->body, *end = r->body + r->body_len;
-    uint32_t n;
-    if (am_mp_read_map(&q, end, &n) == 0) {
-        for (uint32_t i = 0; i < n; i++) {
-            const char *k, *v;
-            uint32_t klen, vlen;
-            if (am_mp_read_str(&q, end, &k, &klen))
-                break;
-            if (klen == 4 && memcmp(k, "node", 4) == 0) {
-                if (am_mp_read_str(&q, end, &v, &vlen))
-                    break;
-                if (vlen != strlen(p->name) || memcmp(v, p->name, vlen) != 0) {
-                    stream_fail(p, AM_ST_UNAVAILABLE, 1, "the node at that address is '%.*s'",
-                                (int)vlen, v);
-                    return -1;
-                }
-                return 0;
-            }
-            if (am_mp_skip(&q, end))
-                break;
-        }
-    }
     p->ps->st.bad_frames++;
-    stream_fail(p, AM_ST_UNAVAILABLE, 1, "malformed HELLO reply");
-    return -1;
 }
 
-/* Handles every complete frame in p->in. */
-static void process_input(struct am_peer *p)
+void am_peer_link_down(struct am_peer *p, void *link, const char *why)
 {
-    struct am_peers *ps = p->ps;
-    struct pconn *c = p->c;
-    size_t off = 0;
-    while (p->c == c) {
-        const uint8_t *body;
-        size_t blen;
-        long n = am_frame_next(p->in.data + off, p->in.len - off, ps->o.max_frame, &body, &blen);
-        if (n == 0)
-            break;
-        struct am_reply r;
-        if (n < 0 || am_reply_decode(&r, body, blen)) {
-            ps->st.bad_frames++;
-            stream_fail(p, AM_ST_UNAVAILABLE, 1, "sent a malformed frame; stream closed");
-            return;
-        }
-        off += (size_t)n;
-        if (r.id == 0) {
-            if (check_hello(p, &r))
-                return;
-            continue;
-        }
-        uint32_t i = (uint32_t)r.id, gen = (uint32_t)(r.id >> 32);
-        if (i < p->nslots && p->slots[i].cb && p->slots[i].gen == gen) {
-            ps->st.replies++;
-            p->backoff = 0; /* the stream works: its next failure starts the doubling again */
-            complete(p, i, r.status, r.body, r.body_len);
-        }
-        /* else: the call already timed out; its late reply is dropped */
-    }
-    if (p->c != c)
+    if (link == p->old) {
+        p->old = NULL; /* its calls, if any, time out */
         return;
-    am_buf_consume(&p->in, off);
-    if (p->in.len == 0 && p->in.cap > READ_CHUNK)
-        am_buf_close(&p->in);
+    }
+    if (link != p->link)
+        return;
+    /* The server closes it: forget it first so stream_fail does not. */
+    p->link = NULL;
+    p->ps->st.stream_errors++;
+    stream_fail(p, AM_ST_UNAVAILABLE, 1, "%s", why);
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    struct pconn *c = h->data;
-    struct am_peer *p = c->p;
-    (void)suggested;
-    struct am_buf *b = p ? (p->sec_on ? &p->raw : &p->in) : NULL;
-    if (!b || am_buf_reserve(b, READ_CHUNK)) {
-        buf->base = NULL;
-        buf->len = 0;
-        return;
-    }
-    buf->base = (char *)b->data + b->len;
-    buf->len = b->cap - b->len;
-}
-
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
-{
-    struct pconn *c = stream->data;
-    struct am_peer *p = c->p;
-    (void)buf;
-    if (!p || nread == 0)
-        return;
-    if (nread < 0) {
-        if (nread == UV_EOF)
-            stream_fail(p, AM_ST_UNAVAILABLE, 1, "closed the peer stream");
-        else
-            stream_fail(p, AM_ST_UNAVAILABLE, 1, "read failed: %s", uv_strerror((int)nread));
-        return;
-    }
-    p->ps->st.bytes_in += (uint64_t)nread;
-    p->last_read = uv_now(p->ps->loop);
-    if (p->sec_on) {
-        p->raw.len += (size_t)nread;
-        int rc = am_secure_read(&p->sec, p->raw.data, p->raw.len, &p->in, &p->sealed);
-        p->raw.len = 0;
-        if (p->raw.cap > READ_CHUNK)
-            am_buf_close(&p->raw);
-        if (rc == 1)
-            turn_add(p);
-        if (rc < 0) {
-            stream_fail(p, AM_ST_UNAVAILABLE, 1, "does not hold this cluster key");
-            return;
-        }
-    } else {
-        p->in.len += (size_t)nread;
-    }
-    process_input(p);
-}
-
-static void on_connect(uv_connect_t *req, int status)
-{
-    struct pconn *c = req->data;
-    struct am_peer *p = c->p;
-    if (!p)
-        return; /* let go of while connecting; the close is under way */
-    if (status < 0) {
-        stream_fail(p, AM_ST_UNAVAILABLE, 1, "cannot connect: %s", uv_strerror(status));
-        return;
-    }
-    p->connected = 1;
-    p->ps->st.connects++;
-    p->last_read = uv_now(p->ps->loop);
-    uv_tcp_nodelay(&c->tcp, 1);
-    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-    if (rc) {
-        stream_fail(p, AM_ST_UNAVAILABLE, 1, "cannot read: %s", uv_strerror(rc));
-        return;
-    }
-    turn_add(p);
-}
-
-/* Opens the stream: connect, then HELLO (and, with a key, the handshake),
- * all queued before any call. 0 or a negative code (err set). */
+/* Dials the peer. 0 or a negative code (err set). */
 static int stream_start(struct am_peer *p, char *err, size_t errlen)
 {
     struct am_peers *ps = p->ps;
-    struct pconn *c = am_calloc(1, sizeof *c);
-    if (!c)
-        return am_errf(err, errlen, -ENOMEM, "out of memory opening a stream to %s", p->name);
-    uv_tcp_init(ps->loop, &c->tcp);
-    c->tcp.data = c;
-    c->creq.data = c;
-    c->p = p;
-    p->c = c;
-    ps->st.streams++;
-    if (ps->keyed) {
-        am_secure_init(&p->sec, ps->key, 1);
-        p->sec_on = 1;
-    }
-    int rc = am_encode_hello_peer(&p->out, 0, ps->name);
-    if (rc == 0 && p->sec_on)
-        rc = am_secure_start(&p->sec, &p->sealed);
-    if (rc == 0 && ps->o.source)
-        rc = uv_tcp_bind(&c->tcp, (const struct sockaddr *)ps->o.source, 0);
-    if (rc == 0)
-        rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&p->sa, on_connect);
-    if (rc) {
-        stream_fail(p, AM_ST_UNAVAILABLE, 1, "cannot connect: %s", uv_strerror(rc));
+    char why[200];
+    p->link = ps->io.dial(ps->io.arg, p, p->name, &p->sa, why, sizeof why);
+    if (!p->link) {
+        stream_fail(p, AM_ST_UNAVAILABLE, 1, "%s", why);
         return am_errf(err, errlen, AM_EUNAVAIL, "owner %s (%s): %s; retry", p->name, p->addr,
                        p->why);
     }
+    p->link_dialed = 1;
     return 0;
 }
 
@@ -553,8 +332,15 @@ static void on_sweep(uv_timer_t *h)
     struct am_peers *ps = h->data;
     uint64_t now = uv_now(ps->loop);
     unsigned t = ps->o.timeout_ms;
+    int retiring = 0;
     for (struct am_peer *p = ps->peers; p; p = p->next) {
-        if (p->c && p->pending && now - p->last_read >= t) {
+        if (p->old && p->old_dialed && now >= p->old_until) {
+            void *old = p->old;
+            p->old = NULL;
+            ps->io.close(old);
+        }
+        retiring |= p->old && p->old_dialed;
+        if (p->link && p->pending && now - p->last_read >= t) {
             ps->st.timeouts += p->pending;
             p->backoff = RETRY_MAX_MS / 2; /* next: the longest wait */
             stream_fail(p, AM_ST_TIMEOUT, 1, "sent nothing for %u ms while calls waited", t);
@@ -577,7 +363,7 @@ static void on_sweep(uv_timer_t *h)
     if (ps->st.pending == 0) {
         if (ps->closing)
             finish_close(ps);
-        else
+        else if (!retiring)
             uv_timer_stop(&ps->timer);
     }
 }
@@ -597,19 +383,10 @@ int am_peers_new(struct am_peers **out, uv_loop_t *loop, const struct am_peers_o
     ps->loop = loop;
     ps->o = *o;
     ps->o.name = ps->name;
-    ps->o.key = NULL;
-    if (o->source) {
-        ps->source = *o->source;
-        ps->o.source = &ps->source;
-    }
-    if (o->key) {
-        memcpy(ps->key, o->key, AM_KEY_BYTES);
-        ps->keyed = 1;
-    }
-    uv_check_init(loop, &ps->check);
-    uv_idle_init(loop, &ps->idle);
+    ps->io = *o->io;
+    ps->o.io = &ps->io;
     uv_timer_init(loop, &ps->timer);
-    ps->check.data = ps->idle.data = ps->timer.data = ps;
+    ps->timer.data = ps;
     *out = ps;
     return 0;
 }
@@ -635,7 +412,7 @@ struct am_peer *am_peers_get(struct am_peers *ps, const char *name, const char *
         ps->peers = p;
     }
     if (strcmp(p->addr, addr) != 0) {
-        if (p->c)
+        if (p->link || p->old)
             stream_fail(p, AM_ST_UNAVAILABLE, 0, "moved to %s", addr);
         snprintf(p->addr, sizeof p->addr, "%s", addr);
         p->sa_ok = am_addr_parse(addr, 0, &p->sa) == 0;
@@ -653,7 +430,7 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
     uint64_t now = uv_now(ps->loop);
     if (ps->closing)
         return am_errf(err, errlen, AM_ESHUTDOWN, "node is stopping; retry on another node");
-    if (!p->c) {
+    if (!p->link) {
         if (!p->sa_ok) {
             ps->st.refused++;
             return am_errf(err, errlen, AM_EUNAVAIL, "owner %s has no usable address ('%s')",
@@ -691,15 +468,16 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
         return am_errf(err, errlen, -ENOMEM, "out of memory forwarding to %s", p->name);
     struct slot *s = &p->slots[i];
     uint64_t id = (uint64_t)s->gen << 32 | i;
+    struct am_buf *out = ps->io.out(p->link);
     int rc =
         r->kind == AM_MSG_HANDOFF || r->kind == AM_MSG_REPLICATE
-            ? am_encode_snapshot(&p->out, r->kind, id, r->type, r->type_len, r->epoch, r->seq,
+            ? am_encode_snapshot(out, r->kind, id, r->type, r->type_len, r->epoch, r->seq,
                                  r->payload, r->payload_len)
-        : r->kind == AM_MSG_HANDOFF_DONE ? am_encode_simple(&p->out, AM_MSG_HANDOFF_DONE, id)
-        : r->kind == AM_MSG_FETCH        ? am_encode_fetch(&p->out, id, r->type, r->type_len)
+        : r->kind == AM_MSG_HANDOFF_DONE ? am_encode_simple(out, AM_MSG_HANDOFF_DONE, id)
+        : r->kind == AM_MSG_FETCH        ? am_encode_fetch(out, id, r->type, r->type_len)
         : r->kind == AM_MSG_DIGEST || r->kind == AM_MSG_VERSIONS
-            ? am_encode_digest(&p->out, r->kind, id, r->ring_version, r->payload, r->payload_len)
-                                         : am_encode_forward(&p->out, id, r, hops, ring_version);
+            ? am_encode_digest(out, r->kind, id, r->ring_version, r->payload, r->payload_len)
+                                         : am_encode_forward(out, id, r, hops, ring_version);
     if (rc) {
         s->next = p->free_head;
         p->free_head = i;
@@ -727,9 +505,8 @@ int am_peer_forward(struct am_peer *p, const struct am_request *r, unsigned hops
         ps->st.fetches++;
     else
         ps->st.forwarded++;
-    turn_add(p);
-    if (!uv_is_active((uv_handle_t *)&ps->timer))
-        uv_timer_start(&ps->timer, on_sweep, SWEEP_MS, SWEEP_MS);
+    ps->io.kick(p->link);
+    sweep_soon(ps);
     return 0;
 }
 
@@ -738,7 +515,7 @@ void am_peers_drop(struct am_peers *ps, const char *name, const char *why)
     for (struct am_peer *p = ps->peers; p; p = p->next) {
         if (strcmp(p->name, name) != 0)
             continue;
-        if (p->c || p->pending)
+        if (p->link || p->old || p->pending)
             stream_fail(p, AM_ST_UNAVAILABLE, 0, "%s", why);
         return;
     }
@@ -751,7 +528,6 @@ static void on_handle_closed(uv_handle_t *h)
         return;
     void (*done)(void *) = ps->done;
     void *arg = ps->done_arg;
-    sodium_memzero(ps->key, sizeof ps->key);
     am_free(ps->name);
     am_free(ps);
     if (done)
@@ -763,20 +539,18 @@ static void finish_close(struct am_peers *ps)
 {
     if (ps->handles)
         return; /* already finishing */
-    ps->handles = 3;
+    ps->handles = 1;
     struct am_peer *p = ps->peers;
     while (p) {
         struct am_peer *next = p->next;
-        if (p->pending || p->c)
+        if (p->pending || p->link || p->old)
             stream_fail(p, AM_ST_SHUTTING_DOWN, 0, "this node is stopping");
         am_free(p->slots);
         am_free(p->name);
         am_free(p);
         p = next;
     }
-    ps->peers = ps->turn = NULL;
-    uv_close((uv_handle_t *)&ps->check, on_handle_closed);
-    uv_close((uv_handle_t *)&ps->idle, on_handle_closed);
+    ps->peers = NULL;
     uv_close((uv_handle_t *)&ps->timer, on_handle_closed);
 }
 
@@ -803,6 +577,9 @@ void am_peers_get_stats(const struct am_peers *ps, struct am_peers_stats *st)
         return;
     *st = ps->st;
     st->queued_bytes = 0;
-    for (const struct am_peer *p = ps->peers; p; p = p->next)
+    st->streams = 0;
+    for (const struct am_peer *p = ps->peers; p; p = p->next) {
         st->queued_bytes += queued(p);
+        st->streams += p->link != NULL;
+    }
 }

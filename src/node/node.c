@@ -1245,7 +1245,7 @@ static int take_handoff(void *arg, const char *peer, const struct am_request *r,
 /* HELLO role "peer": a live member of this node's view, connecting from
  * the host it advertises. */
 static int check_peer(void *arg, const char *name, size_t len, const struct sockaddr_in *from,
-                      char *err, size_t errlen)
+                      struct am_peer **peer, char *err, size_t errlen)
 {
     struct node *n = arg;
     char nm[AM_MAX_PEER_NAME + 1], host[INET_ADDRSTRLEN];
@@ -1261,7 +1261,21 @@ static int check_peer(void *arg, const char *name, size_t len, const struct sock
     if (am_addr_parse(m.addr, 0, &adv) || adv.sin_addr.s_addr != from->sin_addr.s_addr)
         return am_errf(err, errlen, AM_EPROTO,
                        "'%s' is a member at %s, but this stream comes from %s", nm, m.addr, host);
+    if (n->peers)
+        *peer = am_peers_get(n->peers, nm, m.addr); /* NULL: out of memory, serve only */
     return 0;
+}
+
+/* The peer set's I/O is the server's (server.h). */
+static void *dial_peer(void *arg, struct am_peer *p, const char *name,
+                       const struct sockaddr_in *to, char *err, size_t errlen)
+{
+    struct node *n = arg;
+    if (!n->srv) {
+        snprintf(err, errlen, "this node is stopping");
+        return NULL;
+    }
+    return am_server_dial(n->srv, p, name, to, err, errlen);
 }
 
 /* Frees the rings and handoff state and closes their timers (once). */
@@ -1548,17 +1562,21 @@ static int start(struct node *n, char *err, size_t errlen)
     rc = am_gossip_start(&n->gossip, &n->loop, &go, err, errlen);
     if (rc)
         return rc;
-    /* Peer streams leave from the bind address (not from whatever source
-     * the routing table picks), so the peer sees the address we advertise. */
+    struct am_peer_io pio = {
+        .dial = dial_peer,
+        .out = am_server_link_out,
+        .kick = am_server_link_kick,
+        .queued = am_server_link_queued,
+        .close = am_server_link_close,
+        .arg = n,
+    };
     struct am_peers_opts po = {
         .name = c->name,
-        .source = bind.sin_addr.s_addr != htonl(INADDR_ANY) ? &bind_src : NULL,
-        .key = n->keyed ? n->key : NULL,
+        .io = &pio,
         .timeout_ms = c->forward_timeout_ms,
         .max_pending = PEER_MAX_PENDING,
         .max_out =
             2 * (c->max_payload + 4096) > PEER_MAX_OUT ? 2 * (c->max_payload + 4096) : PEER_MAX_OUT,
-        .max_frame = (c->max_state > c->max_payload ? c->max_state : c->max_payload) + 4096,
     };
     rc = am_peers_new(&n->peers, &n->loop, &po);
     if (rc) {
@@ -1607,6 +1625,10 @@ static int start(struct node *n, char *err, size_t errlen)
         .max_connections = c->max_connections,
         .max_inflight = c->max_inflight,
         .key = n->keyed ? n->key : NULL,
+        /* Peer streams leave from the bind address (not from whatever
+         * source the routing table picks), so the peer sees the address
+         * we advertise. */
+        .peer_source = bind.sin_addr.s_addr != htonl(INADDR_ANY) ? &bind_src : NULL,
     };
     struct am_server_hooks hooks = {
         .status = pack_status,

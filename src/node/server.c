@@ -11,10 +11,19 @@
  * Reading is paused while a connection has max_inflight calls in the runtime
  * or more than OUT_LIMIT bytes waiting to be written, and resumed from the
  * loop-turn callback (never from inside a runtime callback, so the runtime is
- * not re-entered). */
+ * not re-entered).
+ *
+ * Peer streams (peer.h) are connections too: accepted ones that said HELLO
+ * role "peer", and those this server dials for the peer set (`dialed`).
+ * Either kind carries requests and REPLY frames both ways once it is a
+ * peer's link (`link`): requests are served as on any peer stream, replies
+ * go to the peer set. A peer stream is never paused: its replies must flow
+ * whatever its requests do, and what the other node may send is bounded by
+ * its own limits (max_pending calls, max_out bytes). */
 #include "server.h"
 
 #include "addr.h"
+#include "peer.h"
 #include "err.h"
 #include "log.h"
 #include "mem.h"
@@ -54,8 +63,13 @@ struct conn {
     unsigned inflight;
     uint8_t in_turn, writing, paused, reading, closing, closed, close_after_write;
     uint8_t member;  /* said HELLO with role "member": push-pull of a (joining) node */
-    uint8_t peer;    /* said HELLO with role "peer" and was accepted: forwarded calls */
-    char *peer_name; /* the node it said it is (peer connections only) */
+    uint8_t peer;    /* a peer stream: accepted after HELLO role "peer", or dialed */
+    uint8_t dialed;  /* this server dialed it (am_server_dial) */
+    uint8_t connecting, hello_ok; /* dialed: not connected yet; HELLO answered */
+    char *peer_name;       /* the node it said it is, or the one dialed */
+    struct am_peer *link;  /* the peer this stream is a link of, or NULL */
+    uv_connect_t creq;
+    char why[160]; /* why a peer stream closed, for its peer */
 };
 
 struct am_server {
@@ -66,6 +80,7 @@ struct am_server {
     uv_timer_t drain_timer; /* bounds how long closing waits for slow readers */
     struct am_runtime *rt;
     struct am_server_opts o;
+    struct sockaddr_in peer_source; /* o.peer_source points here when given */
     uint8_t key[AM_KEY_BYTES];
     int keyed;
     size_t out_limit;
@@ -110,6 +125,17 @@ static size_t pending_out(const struct conn *c)
     return c->out.len + c->sealed.len + c->wbuf.len;
 }
 
+/* Bytes on a peer's link are the peer set's (routing), the rest ours. */
+static void count_bytes(struct conn *c, size_t in, size_t out)
+{
+    if (c->link) {
+        am_peer_link_bytes(c->link, in, out);
+        return;
+    }
+    c->srv->st.bytes_in += in;
+    c->srv->st.bytes_out += out;
+}
+
 static void conn_free(struct conn *c)
 {
     am_free(c->peer_name);
@@ -125,6 +151,8 @@ static void conn_free(struct conn *c)
 
 static int over_limits(const struct conn *c)
 {
+    if (c->peer)
+        return 0;
     return c->inflight >= c->srv->o.max_inflight || pending_out(c) > c->srv->out_limit;
 }
 
@@ -155,7 +183,8 @@ static int role_is(const struct am_request *r, const char *role)
 
 /* HELLO role "peer": only a live member of this node's view, connecting
  * from its own address, may forward calls here. */
-static int accept_peer(struct conn *c, const struct am_request *r, char *msg, size_t len)
+static int accept_peer(struct conn *c, const struct am_request *r, struct am_peer **peer,
+                       char *msg, size_t len)
 {
     struct am_server *s = c->srv;
     struct sockaddr_storage from;
@@ -167,13 +196,14 @@ static int accept_peer(struct conn *c, const struct am_request *r, char *msg, si
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&from, &flen) || from.ss_family != AF_INET)
         return am_errf(msg, len, AM_EPROTO, "peer streams are served over IPv4 only");
     return s->hooks.peer_hello(s->hooks.arg, r->name, r->name_len,
-                               (const struct sockaddr_in *)&from, msg, len);
+                               (const struct sockaddr_in *)&from, peer, msg, len);
 }
 
 static void handle_hello(struct conn *c, const struct am_request *r)
 {
     char msg[300];
     struct am_server *s = c->srv;
+    struct am_peer *peer = NULL;
     if (r->version != AM_PROTO_VERSION) {
         snprintf(msg, sizeof msg, "protocol version %llu is not supported (this node speaks %d)",
                  (unsigned long long)r->version, AM_PROTO_VERSION);
@@ -183,7 +213,7 @@ static void handle_hello(struct conn *c, const struct am_request *r)
                !role_is(r, "peer")) {
         snprintf(msg, sizeof msg, "role '%.*s' is not served on this port (use 'client')",
                  (int)r->role_len, r->role);
-    } else if (role_is(r, "peer") && accept_peer(c, r, msg, sizeof msg)) {
+    } else if (role_is(r, "peer") && accept_peer(c, r, &peer, msg, sizeof msg)) {
         s->st.peers_refused++;
         am_log_warn("refused a peer stream: %s", msg);
     } else {
@@ -209,6 +239,10 @@ static void handle_hello(struct conn *c, const struct am_request *r)
             send_error(c, r->id, AM_ST_INTERNAL, "out of memory");
         am_buf_close(&b);
         turn_add(c);
+        if (c->peer && peer) { /* after the HELLO reply: its calls follow it */
+            c->link = peer;
+            am_peer_link_up(peer, c, 0);
+        }
         return;
     }
     send_error(c, r->id, AM_ST_BAD_REQUEST, msg);
@@ -319,11 +353,93 @@ static void handle_leave(struct conn *c, const struct am_request *r)
 static void bad_frame(struct conn *c, const struct am_request *r, const char *msg)
 {
     c->srv->st.bad_frames++;
-    send_error(c, r->has_id ? r->id : 0, AM_ST_BAD_REQUEST, msg);
+    send_error(c, r && r->has_id ? r->id : 0, AM_ST_BAD_REQUEST, msg);
     if (c->peer) {
         am_log_warn("closed a peer stream after a malformed frame: %s", msg);
+        if (c->link)
+            am_peer_link_bad_frame(c->link);
+        snprintf(c->why, sizeof c->why, "sent a malformed frame; stream closed");
         c->close_after_write = 1;
     }
+}
+
+/* 1 when a frame body starts as a REPLY ([128, ...]). */
+static int is_reply(const uint8_t *body, size_t len)
+{
+    const uint8_t *q = body, *end = body + len;
+    uint32_t n;
+    uint64_t kind;
+    return am_mp_read_array(&q, end, &n) == 0 && n > 0 && am_mp_read_uint(&q, end, &kind) == 0 &&
+           kind == AM_MSG_REPLY;
+}
+
+/* The answer to a dialed stream's HELLO: the node must be the one meant.
+ * Returns 0, or -1 when the stream was closed. */
+static int check_hello(struct conn *c, const struct am_reply *r)
+{
+    if (r->status != AM_ST_OK) {
+        const char *msg = "";
+        uint32_t mlen = 0;
+        const uint8_t *q = r->body;
+        am_mp_read_str(&q, r->body + r->body_len, &msg, &mlen);
+        snprintf(c->why, sizeof c->why, "refused the peer stream: %.*s", (int)mlen, msg);
+        conn_close(c);
+        return -1;
+    }
+    const uint8_t *q = r->body, *end = r->body + r->body_len;
+    uint32_t n;
+    if (am_mp_read_map(&q, end, &n) == 0) {
+        for (uint32_t i = 0; i < n; i++) {
+            const char *k, *v;
+            uint32_t klen, vlen;
+            if (am_mp_read_str(&q, end, &k, &klen))
+                break;
+            if (klen == 4 && memcmp(k, "node", 4) == 0) {
+                if (am_mp_read_str(&q, end, &v, &vlen))
+                    break;
+                if (vlen != strlen(c->peer_name) || memcmp(v, c->peer_name, vlen) != 0) {
+                    snprintf(c->why, sizeof c->why, "the node at that address is '%.*s'",
+                             (int)vlen, v);
+                    conn_close(c);
+                    return -1;
+                }
+                return 0;
+            }
+            if (am_mp_skip(&q, end))
+                break;
+        }
+    }
+    c->srv->st.bad_frames++;
+    if (c->link)
+        am_peer_link_bad_frame(c->link);
+    snprintf(c->why, sizeof c->why, "malformed HELLO reply");
+    conn_close(c);
+    return -1;
+}
+
+/* A REPLY on a peer stream: the answer to a call of this node. */
+static void handle_reply(struct conn *c, const uint8_t *body, size_t len)
+{
+    struct am_reply r;
+    if (am_reply_decode(&r, body, len)) {
+        bad_frame(c, NULL, "malformed reply: see the message layouts in docs/protocol.md");
+        return;
+    }
+    if (c->dialed && !c->hello_ok) {
+        if (r.id != 0) {
+            bad_frame(c, NULL, "a reply came before the answer to HELLO");
+            return;
+        }
+        if (check_hello(c, &r))
+            return;
+        c->hello_ok = 1;
+        if (c->link)
+            am_peer_link_up(c->link, c, 1);
+        return;
+    }
+    if (c->link)
+        am_peer_link_reply(c->link, &r);
+    /* else: the peer let go of this stream; a late reply is dropped */
 }
 
 static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
@@ -331,11 +447,23 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
     struct am_server *s = c->srv;
     struct am_request r;
     char err[300];
+    if (c->peer && is_reply(body, len)) {
+        handle_reply(c, body, len);
+        return;
+    }
     s->st.requests++;
+    if (c->dialed && !c->hello_ok) {
+        bad_frame(c, NULL, "a request came before the answer to HELLO");
+        return;
+    }
     if (am_request_decode(&r, body, len)) {
         bad_frame(c, &r,
                   r.has_id ? "malformed request: see the message layouts in docs/protocol.md"
                            : "malformed frame: not [kind, request id, ...] in msgpack");
+        return;
+    }
+    if (c->peer && (!s->accepting || s->closing) && r.kind != AM_MSG_HELLO) {
+        send_error(c, r.id, AM_ST_SHUTTING_DOWN, "node is stopping; retry on another node");
         return;
     }
     switch (r.kind) {
@@ -439,7 +567,7 @@ static void process_input(struct conn *c)
 {
     struct am_server *s = c->srv;
     size_t off = 0;
-    while (!c->closing && !c->close_after_write && !s->closing && s->accepting) {
+    while (!c->closing && !c->close_after_write && (c->peer || (!s->closing && s->accepting))) {
         if (over_limits(c)) {
             c->paused = 1;
             break;
@@ -468,7 +596,7 @@ static void process_input(struct conn *c)
     am_buf_consume(&c->in, off);
     if (c->in.len == 0 && c->in.cap > READ_CHUNK)
         am_buf_close(&c->in);
-    if (c->paused || c->close_after_write || !s->accepting)
+    if (!c->closing && (c->paused || c->close_after_write || (!s->accepting && !c->peer)))
         uv_read_stop((uv_stream_t *)&c->tcp);
 }
 
@@ -500,6 +628,7 @@ static int open_raw(struct conn *c)
     if (rc < 0) {
         s->st.unauthenticated++;
         am_log_debug("closed a connection that does not hold the cluster key");
+        snprintf(c->why, sizeof c->why, "does not hold this cluster key");
         conn_close(c);
         return -1;
     }
@@ -516,10 +645,15 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread < 0) {
-        conn_close(c); /* EOF or error: a half-sent frame is dropped */
+        /* EOF or error: a half-sent frame is dropped */
+        if (nread == UV_EOF)
+            snprintf(c->why, sizeof c->why, "closed the peer stream");
+        else
+            snprintf(c->why, sizeof c->why, "read failed: %s", uv_strerror((int)nread));
+        conn_close(c);
         return;
     }
-    c->srv->st.bytes_in += (uint64_t)nread;
+    count_bytes(c, (size_t)nread, 0);
     if (c->srv->keyed) {
         c->raw.len += (size_t)nread;
         if (open_raw(c))
@@ -534,11 +668,12 @@ static void on_write(uv_write_t *req, int status)
 {
     struct conn *c = req->data;
     c->writing = 0;
-    c->srv->st.bytes_out += c->wbuf.len;
+    count_bytes(c, 0, c->wbuf.len);
     c->wbuf.len = 0;
     if (c->wbuf.cap > OUT_LIMIT_MIN)
         am_buf_close(&c->wbuf);
     if (status < 0) {
+        snprintf(c->why, sizeof c->why, "write failed: %s", uv_strerror(status));
         conn_close(c);
         return;
     }
@@ -550,12 +685,20 @@ static void start_write(struct conn *c)
     /* With a key the turn's plain output is sealed first; what goes on the
      * wire is then c->sealed. */
     struct am_buf *src = &c->out;
+    if (c->connecting)
+        return; /* on_connect starts the first write */
     if (c->srv->keyed) {
-        if (c->out.len && am_secure_out(&c->sec, c->out.data, c->out.len, &c->sealed)) {
-            conn_close(c);
-            return;
+        /* Until the handshake completes, output stays in c->out, where a
+         * peer's queued() counts it (am_secure_out would hold it in a queue
+         * of its own). */
+        if (c->out.len && am_secure_ready(&c->sec)) {
+            if (am_secure_out(&c->sec, c->out.data, c->out.len, &c->sealed)) {
+                snprintf(c->why, sizeof c->why, "out of memory sealing a record");
+                conn_close(c);
+                return;
+            }
+            c->out.len = 0;
         }
-        c->out.len = 0;
         src = &c->sealed;
         if (src->len == 0)
             return; /* held until the handshake completes */
@@ -566,11 +709,12 @@ static void start_write(struct conn *c)
     uv_buf_t direct = uv_buf_init((char *)src->data, (unsigned)src->len);
     int n = uv_try_write((uv_stream_t *)&c->tcp, &direct, 1);
     if (n < 0 && n != UV_EAGAIN) {
+        snprintf(c->why, sizeof c->why, "write failed: %s", uv_strerror(n));
         conn_close(c);
         return;
     }
     if (n > 0) {
-        c->srv->st.bytes_out += (uint64_t)n;
+        count_bytes(c, 0, (size_t)n);
         am_buf_consume(src, (size_t)n);
         if (src->len == 0) {
             if (src->cap > OUT_LIMIT_MIN)
@@ -586,10 +730,13 @@ static void start_write(struct conn *c)
     src->len = 0;
     uv_buf_t b = uv_buf_init((char *)c->wbuf.data, (unsigned)c->wbuf.len);
     c->wreq.data = c;
-    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) == 0)
+    int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    if (rc == 0) {
         c->writing = 1;
-    else
+    } else {
+        snprintf(c->why, sizeof c->why, "write failed: %s", uv_strerror(rc));
         conn_close(c);
+    }
 }
 
 /* Once per loop turn: write what each listed connection has, resume the
@@ -633,7 +780,8 @@ static void on_conn_closed(uv_handle_t *h)
         s->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    s->st.connections--;
+    if (!c->dialed)
+        s->st.connections--;
     c->closed = 1;
     if (c->in_turn) {
         struct conn **pp = &s->turn;
@@ -642,7 +790,7 @@ static void on_conn_closed(uv_handle_t *h)
         *pp = c->turn_next;
         c->in_turn = 0;
     }
-    if (c->peer)
+    if (c->peer && !c->dialed)
         s->st.peers--;
     if (c->inflight == 0)
         conn_free(c);
@@ -654,7 +802,11 @@ static void conn_close(struct conn *c)
     if (c->closing)
         return;
     c->closing = 1;
+    struct am_peer *p = c->link;
+    c->link = NULL;
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    if (p)
+        am_peer_link_down(p, c, c->why[0] ? c->why : "closed the peer stream");
 }
 
 static void on_reject_closed(uv_handle_t *h)
@@ -743,6 +895,10 @@ int am_server_start(struct am_server **out, uv_loop_t *loop, const struct sockad
     s->o = *o;
     if (s->o.max_peer_frame < s->o.max_frame)
         s->o.max_peer_frame = s->o.max_frame;
+    if (o->peer_source) {
+        s->peer_source = *o->peer_source;
+        s->o.peer_source = &s->peer_source;
+    }
     s->out_limit = 2 * o->max_frame > OUT_LIMIT_MIN ? 2 * o->max_frame : OUT_LIMIT_MIN;
     s->hooks = *hooks;
     if (o->key) {
@@ -777,8 +933,10 @@ void am_server_stop_accepting(struct am_server *s)
         return;
     s->accepting = 0;
     uv_close((uv_handle_t *)&s->listener, NULL);
+    /* Peer streams go on reading: replies to this node's calls come on
+     * them, and their requests are refused (handle_frame). */
     for (struct conn *c = s->conns; c; c = c->next)
-        if (!c->closing)
+        if (!c->closing && !c->peer)
             uv_read_stop((uv_stream_t *)&c->tcp);
 }
 
@@ -846,4 +1004,92 @@ void am_server_close(struct am_server *s, void (*done)(void *arg), void *arg)
 void am_server_get_stats(const struct am_server *s, struct am_server_stats *st)
 {
     *st = s->st;
+}
+
+/* ---- dialed peer streams (the peer set's I/O, peer.h) ---- */
+
+static void on_dialed(uv_connect_t *req, int status)
+{
+    struct conn *c = req->data;
+    if (c->closing)
+        return; /* let go of while connecting */
+    c->connecting = 0;
+    if (status < 0) {
+        snprintf(c->why, sizeof c->why, "cannot connect: %s", uv_strerror(status));
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (rc) {
+        snprintf(c->why, sizeof c->why, "cannot read: %s", uv_strerror(rc));
+        conn_close(c);
+        return;
+    }
+    turn_add(c);
+}
+
+void *am_server_dial(void *srv, struct am_peer *p, const char *name, const struct sockaddr_in *to,
+                     char *err, size_t errlen)
+{
+    struct am_server *s = srv;
+    if (s->closing) {
+        snprintf(err, errlen, "this node is stopping");
+        return NULL;
+    }
+    struct conn *c = am_calloc(1, sizeof *c);
+    if (c)
+        c->peer_name = am_strndup(name, strlen(name));
+    if (!c || !c->peer_name) {
+        am_free(c);
+        snprintf(err, errlen, "out of memory opening a stream");
+        return NULL;
+    }
+    c->srv = s;
+    c->peer = c->dialed = c->connecting = 1;
+    uv_tcp_init(s->loop, &c->tcp);
+    c->tcp.data = c;
+    c->creq.data = c;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    int rc = am_encode_hello_peer(&c->out, 0, s->o.node_name);
+    if (rc == 0 && s->keyed) {
+        am_secure_init(&c->sec, s->key, 1);
+        rc = am_secure_start(&c->sec, &c->sealed);
+    }
+    if (rc == 0 && s->o.peer_source)
+        rc = uv_tcp_bind(&c->tcp, (const struct sockaddr *)s->o.peer_source, 0);
+    if (rc == 0)
+        rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)to, on_dialed);
+    if (rc) {
+        snprintf(err, errlen, "cannot connect: %s", rc == -ENOMEM ? "out of memory" : uv_strerror(rc));
+        conn_close(c); /* no link yet: nobody is told */
+        return NULL;
+    }
+    c->link = p;
+    return c;
+}
+
+struct am_buf *am_server_link_out(void *link)
+{
+    return &((struct conn *)link)->out;
+}
+
+void am_server_link_kick(void *link)
+{
+    turn_add(link);
+}
+
+size_t am_server_link_queued(const void *link)
+{
+    return pending_out(link);
+}
+
+void am_server_link_close(void *link)
+{
+    struct conn *c = link;
+    c->link = NULL;
+    conn_close(c);
 }

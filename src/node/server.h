@@ -5,7 +5,12 @@
  * one write per connection per loop turn. Every connection is bounded:
  * requests in flight (max_inflight) and unsent output; past either bound the
  * server stops reading that connection until it drains (backpressure, not an
- * error). */
+ * error).
+ *
+ * The server also does the I/O of peer streams for the peer set (peer.h):
+ * it dials them (am_server_dial), and any peer stream, dialed or accepted,
+ * carries requests and replies both ways. Those are never paused; see
+ * server.c. */
 #ifndef AM_SERVER_H
 #define AM_SERVER_H
 
@@ -19,6 +24,7 @@
 #include <uv.h>
 
 struct am_server;
+struct am_peer;
 
 struct am_server_opts {
     const char *node_name; /* borrowed for the server's lifetime */
@@ -28,6 +34,8 @@ struct am_server_opts {
                             * states); 0: max_frame */
     unsigned max_connections;
     unsigned max_inflight; /* per connection */
+    /* Local address dialed peer streams leave from, or NULL; copied. */
+    const struct sockaddr_in *peer_source;
 };
 
 struct am_server_stats {
@@ -53,10 +61,12 @@ struct am_server_hooks {
      * answer appended to reply. 0 or AM_EPROTO. */
     int (*sync)(void *arg, const uint8_t *msg, size_t len, struct am_buf *reply);
     /* HELLO role "peer" from a node named name (not NUL-terminated) whose
-     * connection comes from `from`: 0 to accept it, or a negative code with
-     * err saying why not. NULL: peer connections are refused. */
+     * connection comes from `from`: 0 to accept it, with *peer set to the
+     * peer whose link it becomes (or left NULL: it only serves requests),
+     * or a negative code with err saying why not. NULL: peer connections
+     * are refused. */
     int (*peer_hello)(void *arg, const char *name, size_t len, const struct sockaddr_in *from,
-                      char *err, size_t errlen);
+                      struct am_peer **peer, char *err, size_t errlen);
     /* Placement of a CALL, CAST or FORWARD r: 0 when this node runs it;
      * 1 when it was handed to another node, and cb(ctx, r->id, ...) will run
      * exactly once with the outcome; or a negative code with err set. NULL:
@@ -89,5 +99,15 @@ void am_server_stop_accepting(struct am_server *s);
 void am_server_close(struct am_server *s, void (*done)(void *arg), void *arg);
 
 void am_server_get_stats(const struct am_server *s, struct am_server_stats *st);
+
+/* The peer set's I/O (struct am_peer_io in peer.h; srv is the server, a
+ * link one of its connections). am_server_dial refuses once the server is
+ * closing. */
+void *am_server_dial(void *srv, struct am_peer *p, const char *name, const struct sockaddr_in *to,
+                     char *err, size_t errlen);
+struct am_buf *am_server_link_out(void *link);
+void am_server_link_kick(void *link);
+size_t am_server_link_queued(const void *link);
+void am_server_link_close(void *link);
 
 #endif

@@ -139,6 +139,34 @@ static uint64_t check_counters(const int *nodes, int nn, int counters, const uin
     return mismatches;
 }
 
+/* One TCP connection per pair of nodes: each link is accepted by one of
+ * its two nodes (clients.peers counts those open now) and used both ways
+ * (routing.streams counts the peers a node has a link to). Two nodes that
+ * dialed each other at once keep one link and close the other a forward
+ * timeout later, so this waits up to 10 s for the count to settle. */
+static void assert_one_link_per_pair(int n)
+{
+    uint64_t accepted = 0;
+    int64_t t0 = proc_now_ms();
+    for (;;) {
+        int linked = 1;
+        accepted = 0;
+        for (int i = 0; i < n; i++) {
+            json_t *st = cluster_status(&cluster, i);
+            accepted += cluster_stat(st, "clients", "peers");
+            linked &= cluster_stat(st, "routing", "streams") == (uint64_t)(n - 1);
+            json_decref(st);
+        }
+        if (linked && accepted == (uint64_t)(n * (n - 1) / 2))
+            return;
+        cr_assert_lt(proc_now_ms() - t0, 10000,
+                     "%llu peer connections between %d nodes (want %d), or a node without a "
+                     "link to every other",
+                     (unsigned long long)accepted, n, n * (n - 1) / 2);
+        proc_sleep_ms(100);
+    }
+}
+
 Test(routing, ten_thousand_counters_through_random_nodes_count_every_acknowledged_add,
      .timeout = 280)
 {
@@ -168,6 +196,7 @@ Test(routing, ten_thousand_counters_through_random_nodes_count_every_acknowledge
               (unsigned long long)forwarded);
     cr_log_info("acknowledged adds %d of %d; forwarded %llu", ADDS - (int)failed, ADDS,
                 (unsigned long long)forwarded);
+    assert_one_link_per_pair(n);
     for (int i = n - 1; i >= 0; i--)
         cluster_node_stop_ok(&cluster, i);
 }

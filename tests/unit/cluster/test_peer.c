@@ -26,7 +26,11 @@
  * before timeout_ms, a stream is not retried before its backoff), measured
  * on the loop's own clock.
  *
- * Every test ends with finish(): am_peers_close, the fake's handles closed,
+ * The peer set's I/O is a real server (src/node/server.c) on 127.0.0.1 at a
+ * kernel-chosen port: it dials the fake, and nothing dials it.
+ *
+ * Every test ends with finish(): am_peers_close, am_server_close, the
+ * fake's handles closed,
  * the loop run until empty, uv_loop_close == 0 and a leak check. */
 #include "buf.h"
 #include "err.h"
@@ -35,6 +39,7 @@
 #include "peer.h"
 #include "proto.h"
 #include "seal.h"
+#include "server.h"
 
 #include <criterion/criterion.h>
 #include <netinet/in.h>
@@ -105,7 +110,7 @@ struct fake {
     int answer_bad_record; /* keyed: on a record that does not open, reply anyway */
     /* what it saw */
     struct fconn *conns, *last; /* last: the newest connection */
-    int accepted, eofs, auth_failures, hellos, order_errors;
+    int accepted, eofs, auth_failures, hellos, order_errors, replies;
     char hello_name[64];
     size_t discarded; /* bytes read and ignored (no_handshake) */
     struct frec fwds[MAXREC];
@@ -216,6 +221,12 @@ static int fconn_process(struct fconn *c)
         if (n == 0)
             break;
         off += (size_t)n;
+        struct am_reply rep;
+        if (blen > 2 && body[1] == 0xcc && body[2] == AM_MSG_REPLY &&
+            am_reply_decode(&rep, body, blen) == 0) {
+            f->replies++; /* the node's answer to a frame it refused */
+            continue;
+        }
         struct am_request r;
         cr_assert_eq(am_request_decode(&r, body, blen), 0, "the node sent a malformed frame");
         if ((c->frames == 0) != (r.kind == AM_MSG_HELLO))
@@ -456,6 +467,10 @@ static struct {
     uv_timer_t stop; /* ends run_for */
     struct am_peers *ps;
     struct am_peers_opts o;
+    struct am_server *srv;
+    struct am_peer_io io;
+    const uint8_t *key; /* the server's cluster key, or NULL */
+    int srv_closed;
     struct fake f, f2;
     int in_forward; /* set while am_peer_forward runs */
     int ncb;        /* callbacks run, all calls */
@@ -478,7 +493,7 @@ static void setup(void)
         .timeout_ms = 2000,
         .max_pending = 4096,
         .max_out = 1 * MiB,
-        .max_frame = 1 * MiB,
+        .io = &g.io,
     };
 }
 
@@ -530,12 +545,23 @@ static void on_closed(void *arg)
     g.ps = NULL;
 }
 
+static void on_srv_closed(void *arg)
+{
+    (void)arg;
+    g.srv_closed = 1;
+}
+
 /* Closes everything and checks that nothing is left open or leaked. */
 static void finish(void)
 {
     if (g.ps) {
         am_peers_close(g.ps, on_closed, NULL);
         WAIT_FOR(g.closed);
+    }
+    if (g.srv) {
+        am_server_close(g.srv, on_srv_closed, NULL);
+        WAIT_FOR(g.srv_closed);
+        g.srv = NULL;
     }
     fake_close(&g.f);
     fake_close(&g.f2);
@@ -548,9 +574,44 @@ static void finish(void)
     CHECK_LEAKS();
 }
 
+static void *dial(void *arg, struct am_peer *p, const char *name, const struct sockaddr_in *to,
+                  char *err, size_t errlen)
+{
+    (void)arg;
+    return am_server_dial(g.srv, p, name, to, err, errlen);
+}
+
+/* The server, then the peer set on it. */
+static void peers_new(void)
+{
+    if (!g.srv) {
+        struct sockaddr_in sa;
+        char err[256];
+        struct am_server_opts so = {
+            .node_name = g.o.name,
+            .key = g.key,
+            .max_frame = 1 * MiB,
+            .max_connections = 64,
+            .max_inflight = 64,
+        };
+        struct am_server_hooks hooks = {0};
+        cr_assert_eq(uv_ip4_addr("127.0.0.1", 0, &sa), 0);
+        cr_assert_eq(am_server_start(&g.srv, &g.loop, &sa, NULL, &so, &hooks, err, sizeof err), 0,
+                     "%s", err);
+        g.io = (struct am_peer_io){
+            .dial = dial,
+            .out = am_server_link_out,
+            .kick = am_server_link_kick,
+            .queued = am_server_link_queued,
+            .close = am_server_link_close,
+        };
+    }
+    cr_assert_eq(am_peers_new(&g.ps, &g.loop, &g.o), 0);
+}
+
 static struct am_peer *start(void)
 {
-    cr_assert_eq(am_peers_new(&g.ps, &g.loop, &g.o), 0);
+    peers_new();
     if (!g.f.started)
         fake_start(&g.f, &g.loop);
     struct am_peer *p = am_peers_get(g.ps, "n2", g.f.addr);
@@ -1013,7 +1074,7 @@ Test(peer, a_refused_connection_fails_the_calls_and_backs_off)
 {
     char addr[32];
     int fd = refusing_addr(addr, sizeof addr);
-    cr_assert_eq(am_peers_new(&g.ps, &g.loop, &g.o), 0);
+    peers_new();
     struct am_peer *p = am_peers_get(g.ps, "n2", addr);
     cr_assert_not_null(p);
     cr_assert_eq(fwd(p, 0), 0, "%s", g.err);
@@ -1307,7 +1368,7 @@ static const uint8_t KEY_B[AM_KEY_BYTES] = {11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1};
  * plaintext frame would fail its handshake check). */
 Test(peer, with_a_cluster_key_the_round_trip_works)
 {
-    g.o.key = KEY_A;
+    g.key = KEY_A;
     g.f.key = KEY_A;
     struct am_peer *p = start();
     for (int i = 0; i < 10; i++)
@@ -1325,7 +1386,7 @@ Test(peer, with_a_cluster_key_the_round_trip_works)
  * stream: the calls fail with AM_ST_UNAVAILABLE, having reached nothing. */
 Test(peer, a_peer_with_another_key_fails_the_calls)
 {
-    g.o.key = KEY_A;
+    g.key = KEY_A;
     g.f.key = KEY_B;
     struct am_peer *p = start();
     cr_assert_eq(fwd(p, 0), 0, "%s", g.err);
@@ -1342,7 +1403,7 @@ Test(peer, a_peer_with_another_key_fails_the_calls)
  * saying so. */
 Test(peer, records_that_do_not_open_fail_the_stream)
 {
-    g.o.key = KEY_A;
+    g.key = KEY_A;
     g.f.key = KEY_B;
     g.f.answer_bad_record = 1;
     struct am_peer *p = start();
@@ -1360,7 +1421,7 @@ Test(peer, records_that_do_not_open_fail_the_stream)
  * node refuses calls with AM_EOVERLOAD past it instead of queueing more. */
 Test(peer, a_keyed_stream_waiting_for_its_handshake_still_bounds_its_queue)
 {
-    g.o.key = KEY_A;
+    g.key = KEY_A;
     g.o.max_out = 64 * KiB;
     g.o.max_pending = 100000;
     g.f.key = KEY_A;
@@ -1425,7 +1486,7 @@ Test(peer, the_same_name_is_the_same_peer_and_a_new_address_fails_the_old_stream
 /* A peer whose address does not parse is refused at once. */
 Test(peer, a_peer_without_a_usable_address_is_refused_at_once)
 {
-    cr_assert_eq(am_peers_new(&g.ps, &g.loop, &g.o), 0);
+    peers_new();
     struct am_peer *p = am_peers_get(g.ps, "n4", "not-an-address");
     cr_assert_not_null(p);
     cr_assert_eq(fwd(p, 0), AM_EUNAVAIL);
