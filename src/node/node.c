@@ -286,7 +286,7 @@ static int pack_status(void *arg, msgpack_packer *pk)
            msgpack_pack_map(pk, 4) || pack_kv_str(pk, "version", ring_hex) ||
            pack_kv_u64(pk, "members", n->ring ? am_ring_count(n->ring) : 0) ||
            pack_kv_u64(pk, "vnodes", AM_RING_VNODES) || pack_kv_u64(pk, "builds", n->ring_builds) ||
-           am_mp_pack_str(pk, "routing", 7) || msgpack_pack_map(pk, 17) ||
+           am_mp_pack_str(pk, "routing", 7) || msgpack_pack_map(pk, 18) ||
            pack_kv_u64(pk, "forwarded", n->routed) || pack_kv_u64(pk, "received", n->forwards_in) ||
            pack_kv_u64(pk, "hop_limited", n->hop_limited) ||
            pack_kv_u64(pk, "ring_mismatches", n->ring_mismatches) ||
@@ -295,6 +295,7 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "pending", ps.pending) ||
            pack_kv_u64(pk, "queued_bytes", ps.queued_bytes) ||
            pack_kv_u64(pk, "streams", ps.streams) || pack_kv_u64(pk, "connects", ps.connects) ||
+           pack_kv_u64(pk, "accepts", ps.accepts) ||
            pack_kv_u64(pk, "stream_errors", ps.stream_errors) ||
            pack_kv_u64(pk, "bad_frames", ps.bad_frames) ||
            pack_kv_u64(pk, "bytes_in", ps.bytes_in) || pack_kv_u64(pk, "bytes_out", ps.bytes_out) ||
