@@ -60,6 +60,8 @@ static const struct row rows[] = {
     {"store", "commits", "store_commits_total", COUNTER, 0, "LMDB write transactions committed."},
     {"store", "max_batch", "store_max_batch_writes", GAUGE, 0,
      "Most writes in one transaction since start."},
+    {"store", "joined", "store_joined_writes_total", COUNTER, 0,
+     "Writes that joined a transaction while it was being applied."},
     {"store", "failed", "store_failed_writes_total", COUNTER, 0, "Writes that failed."},
     {"store", "map_size", "store_map_size_bytes", GAUGE, 0, "Size of the LMDB map."},
     {"store", "map_grows", "store_map_grows_total", COUNTER, 0, "Times the LMDB map was grown."},

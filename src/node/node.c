@@ -247,10 +247,11 @@ static int pack_status(void *arg, msgpack_packer *pk)
            pack_kv_u64(pk, "write_errors", rs.write_errors) ||
            pack_kv_u64(pk, "waiting", rs.waiting) || pack_kv_u64(pk, "lost", rs.lost) ||
            pack_kv_u64(pk, "fenced", rs.fenced) ||
-           am_mp_pack_str(pk, "store", 5) || msgpack_pack_map(pk, 7 + AM_STORE_BATCH_BUCKETS) ||
+           am_mp_pack_str(pk, "store", 5) || msgpack_pack_map(pk, 8 + AM_STORE_BATCH_BUCKETS) ||
            pack_batches(pk, &ss) ||
            pack_kv_u64(pk, "records", ss.records) || pack_kv_u64(pk, "writes", ss.writes) ||
            pack_kv_u64(pk, "commits", ss.commits) || pack_kv_u64(pk, "max_batch", ss.max_batch) ||
+           pack_kv_u64(pk, "joined", ss.joined) ||
            pack_kv_u64(pk, "failed", ss.failed) || pack_kv_u64(pk, "map_size", ss.map_size) ||
            pack_kv_u64(pk, "map_grows", ss.map_grows) || am_mp_pack_str(pk, "clients", 7) ||
            msgpack_pack_map(pk, 10) || pack_kv_u64(pk, "connections", vs.connections) ||

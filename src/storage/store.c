@@ -14,8 +14,10 @@
  *
  *  2. The writer thread: am_store_write appends to `queue` (mutex `mu`) and
  *     signals `cond`. The writer takes up to max_batch writes, applies them in
- *     one write transaction and commits it (LMDB's default durable commit),
- *     then appends the batch to `done` and wakes the loop with `async`.
+ *     one write transaction, applies those that reached the queue meanwhile
+ *     as well (still up to max_batch), and commits it (LMDB's default
+ *     durable commit), then appends the batch to `done` and wakes the loop
+ *     with `async`.
  *     The loop thread moves `done` to `dispatch` and calls back in order.
  *
  *  3. Reads on the loop thread: a read-only transaction (one handle, reset
@@ -729,11 +731,43 @@ static int apply(struct am_store *s, MDB_txn *txn, struct am_store_write *w)
     return 0;
 }
 
-/* Applies n writes from head in one transaction and commits it, growing
- * the map and starting over while it is full. Returns 0 or the status of
- * every one of them; *split says whether a smaller batch could fare better
- * (the failure came from one write, or from the map at max_map). */
-static int commit_batch(struct am_store *s, struct am_store_write *head, unsigned n, int *split)
+static void mark_cancelled(struct am_store *s, struct am_store_write *head, unsigned n);
+
+/* Takes up to `room` writes from the head of the queue: *head the first,
+ * *tail the last, their count returned (0: the queue is empty). */
+static unsigned take(struct am_store *s, unsigned room, struct am_store_write **head,
+                     struct am_store_write **tail)
+{
+    unsigned n = 0;
+    uv_mutex_lock(&s->mu);
+    struct am_store_write *h = s->queue, *t = h;
+    if (h && room) {
+        n = 1;
+        while (n < room && t->next) {
+            t = t->next;
+            n++;
+        }
+        s->queue = t->next;
+        if (!s->queue)
+            s->queue_tail = NULL;
+        t->next = NULL;
+    }
+    uv_mutex_unlock(&s->mu);
+    *head = h;
+    *tail = t;
+    return n;
+}
+
+/* Applies *n writes from head in one transaction and commits it, growing
+ * the map and starting over while it is full. With `join`, the writes that
+ * reached the queue while the batch was applied join it before the commit
+ * (up to max_batch; *n and *tail follow): they share this commit's fsyncs
+ * instead of waiting for the next commit, which costs as much whatever its
+ * size. Returns 0 or the status of every one of them; *split says whether
+ * a smaller batch could fare better (the failure came from one write, or
+ * from the map at max_map). */
+static int commit_batch(struct am_store *s, struct am_store_write *head, unsigned *np,
+                        struct am_store_write **tail, int join, int *split)
 {
     *split = 0;
     for (;;) {
@@ -742,9 +776,24 @@ static int commit_batch(struct am_store *s, struct am_store_write *head, unsigne
         if (rc)
             return write_status(rc);
         struct am_store_write *w = head;
+        unsigned n = *np;
         for (unsigned i = 0; i < n && !rc; i++, w = w->next)
             if (w->status != -ECANCELED)
                 rc = apply(s, txn, w);
+        while (join && !rc && n < s->max_batch) {
+            struct am_store_write *more, *last;
+            unsigned k = take(s, s->max_batch - n, &more, &last);
+            if (!k)
+                break;
+            (*tail)->next = more;
+            *tail = last;
+            *np = n += k;
+            mark_cancelled(s, more, k);
+            s->wstats.joined += k;
+            for (w = more; w && !rc; w = w->next)
+                if (w->status != -ECANCELED)
+                    rc = apply(s, txn, w);
+        }
         MDB_stat ms;
         if (!rc)
             rc = mdb_stat(txn, s->snap_dbi, &ms);
@@ -835,20 +884,22 @@ static void mark_cancelled(struct am_store *s, struct am_store_write *head, unsi
     }
 }
 
-static void process(struct am_store *s, struct am_store_write *head, unsigned n)
+static void process(struct am_store *s, struct am_store_write *head, unsigned *np,
+                    struct am_store_write **tail, int join)
 {
     int split;
-    int rc = commit_batch(s, head, n, &split);
+    int rc = commit_batch(s, head, np, tail, join, &split);
+    unsigned n = *np;
     if (rc && split && n > 1) {
-        unsigned half = n / 2;
-        struct am_store_write *second = head;
+        unsigned half = n / 2, rest = n - half;
+        struct am_store_write *second = head, *t;
         for (unsigned i = 0; i < half; i++)
             second = second->next;
-        process(s, head, half);
+        process(s, head, &half, &t, 0);
         /* A write of the first half may just have failed: later writes of
          * its key in the second half were built on it. */
-        mark_cancelled(s, second, n - half);
-        process(s, second, n - half);
+        mark_cancelled(s, second, rest);
+        process(s, second, &rest, &t, 0);
         return;
     }
     if (rc)
@@ -882,20 +933,12 @@ static void writer_main(void *arg)
             uv_mutex_unlock(&s->mu);
             return;
         }
-        struct am_store_write *head = s->queue, *tail = head;
-        unsigned n = 1;
-        while (n < s->max_batch && tail->next) {
-            tail = tail->next;
-            n++;
-        }
-        s->queue = tail->next;
-        if (!s->queue)
-            s->queue_tail = NULL;
-        tail->next = NULL;
         uv_mutex_unlock(&s->mu);
+        struct am_store_write *head, *tail;
+        unsigned n = take(s, s->max_batch, &head, &tail);
 
         mark_cancelled(s, head, n);
-        process(s, head, n);
+        process(s, head, &n, &tail, 1);
 
         uv_mutex_lock(&s->mu);
         if (s->done_tail)

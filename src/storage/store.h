@@ -101,6 +101,7 @@ struct am_store_stats {
     uint64_t commits;       /* transactions committed */
     uint64_t failed;        /* writes that completed with an error */
     uint64_t max_batch;     /* largest number of writes in one transaction */
+    uint64_t joined;        /* writes that joined a transaction while it was applied */
     uint64_t map_grows;     /* times the map was enlarged */
     uint64_t map_size;      /* current map size in bytes */
     uint64_t records;       /* snapshot records now stored */

@@ -736,6 +736,68 @@ Test(store, rewrites_in_place_grown_and_shrunk_keep_one_record_per_key)
     end_test();
 }
 
+/* Writes handed to the writer while it applies a batch join that batch's
+ * commit (store.joined), up to max_batch, and everything still completes
+ * in submission order with its own state. Whether the second hand-over
+ * reaches the writer during the apply depends on the threads' timing, so
+ * rounds repeat until one does (each round's apply takes milliseconds;
+ * the hand-over follows its start by a fraction of that). */
+Test(store, writes_that_arrive_while_a_batch_is_applied_join_its_commit)
+{
+    enum { FIRST = 3000, MORE = 1500, BATCH = 4000, LEN = 512, ROUNDS = 30 };
+    struct am_store_opts o = opts();
+    o.max_batch = BATCH;
+    struct am_store *s = open_with(&o);
+    struct req *r = calloc(FIRST + MORE, sizeof *r);
+    uint8_t(*state)[LEN] = calloc(FIRST + MORE, LEN);
+    cr_assert(r && state);
+    struct am_store_stats st = {0};
+    int round;
+    for (round = 0; round < ROUNDS && st.joined == 0; round++) {
+        struct ctx c = {0};
+        am_store_begin(s);
+        for (int i = 0; i < FIRST; i++) {
+            fill(state[i], LEN, i + round);
+            req_init(&r[i], &c, i, state[i], LEN);
+            r[i].w.seq += (uint64_t)round * 2 * (FIRST + MORE);
+            submit(s, &r[i]);
+        }
+        am_store_end(s); /* the writer takes these and starts applying */
+        usleep(300);
+        am_store_begin(s);
+        for (int i = FIRST; i < FIRST + MORE; i++) {
+            fill(state[i], LEN, i + round);
+            req_init(&r[i], &c, i, state[i], LEN);
+            r[i].w.seq += (uint64_t)round * 2 * (FIRST + MORE);
+            submit(s, &r[i]);
+        }
+        am_store_end(s);
+        run_until(&c.done, FIRST + MORE);
+        cr_assert_eq(c.failed, 0);
+        cr_assert_eq(c.out_of_order, 0);
+        am_store_get_stats(s, &st);
+        cr_assert_leq(st.max_batch, BATCH);
+    }
+    cr_assert_gt(st.joined, 0, "no write joined a batch in %d rounds", round);
+    cr_assert_eq(st.writes, (uint64_t)round * (FIRST + MORE));
+    for (int i = 0; i < FIRST + MORE; i++) {
+        struct am_buf b;
+        am_buf_init(&b);
+        uint64_t epoch = 0, seq = 0;
+        uint8_t want[LEN];
+        fill(want, LEN, i + round - 1);
+        cr_assert_eq(am_store_get(s, r[i].key, r[i].w.key_len, &b, &epoch, &seq), 0);
+        cr_assert_eq(b.len, LEN);
+        cr_assert(memcmp(b.data, want, LEN) == 0, "rec/%05d differs", i);
+        am_buf_close(&b);
+    }
+    cr_log_info("joined %llu writes in %d rounds", (unsigned long long)st.joined, round);
+    free(r);
+    free(state);
+    close_store(s);
+    end_test();
+}
+
 Test(store, never_puts_more_than_max_batch_writes_in_one_transaction)
 {
     enum { N = 1000, BATCH = 10 };
