@@ -48,6 +48,8 @@
  * long enough for any client that is reading (8 MiB drains in milliseconds
  * on a LAN), short enough that a stuck one cannot stall a restart. */
 #define DRAIN_MS 5000
+/* Output a connection may keep for one more loop turn (see on_turn). */
+#define DEFER_MAX (64u << 10)
 
 struct conn {
     uv_tcp_t tcp;
@@ -61,6 +63,8 @@ struct conn {
     struct am_secure sec;
     uv_write_t wreq;
     unsigned inflight;
+    unsigned forwarding; /* of those, calls handed to other nodes (route() said 1) */
+    uint8_t deferred;    /* its output waited one loop turn (see on_turn) */
     uint8_t in_turn, writing, paused, reading, closing, closed, close_after_write;
     uint8_t member;  /* said HELLO with role "member": push-pull of a (joining) node */
     uint8_t peer;    /* a peer stream: accepted after HELLO role "peer", or dialed */
@@ -174,6 +178,14 @@ static void on_reply(void *ctx, uint64_t id, int status, const uint8_t *body, si
     } else if (c->closed && c->inflight == 0) {
         conn_free(c);
     }
+}
+
+/* The reply to a call route() handed to another node. */
+static void on_fwd_reply(void *ctx, uint64_t id, int status, const uint8_t *body, size_t len)
+{
+    struct conn *c = ctx;
+    c->forwarding--;
+    on_reply(ctx, id, status, body, len);
 }
 
 static int role_is(const struct am_request *r, const char *role)
@@ -542,9 +554,16 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
      * node (its acknowledgement is the owner's) or came from one. */
     int held = 1;
     c->inflight++;
-    int rc = s->hooks.route ? s->hooks.route(s->hooks.arg, &r, on_reply, c, err, sizeof err) : 0;
-    if (rc == 1)
+    c->forwarding++;
+    int rc = s->hooks.route ? s->hooks.route(s->hooks.arg, &r, c->peer ? on_reply : on_fwd_reply,
+                                             c, err, sizeof err)
+                            : 0;
+    if (rc == 1) {
+        if (c->peer)
+            c->forwarding--;
         return;
+    }
+    c->forwarding--;
     if (rc == 0) {
         held = kind == AM_MSG_CALL;
         rc = am_runtime_submit(s->rt, r.id, r.type, r.type_len, r.actor, r.actor_len, r.action,
@@ -758,8 +777,21 @@ static void on_turn(uv_check_t *h)
             if (!c->paused && !c->close_after_write && !c->closing)
                 uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
         }
-        if (!c->writing && (c->out.len || c->sealed.len))
+        if (!c->writing && (c->out.len || c->sealed.len)) {
+            /* A client connection whose calls wait for other nodes' replies
+             * keeps this turn's output for one more turn (the idle handle
+             * makes that turn come at once), so replies that arrive in
+             * between share its write: with calls spread over several
+             * owners, each write otherwise carries a few replies. */
+            if (c->forwarding && !c->deferred && !c->peer && !c->close_after_write &&
+                c->out.len < DEFER_MAX) {
+                c->deferred = 1;
+                turn_add(c);
+                continue;
+            }
+            c->deferred = 0;
             start_write(c);
+        }
         if (c->close_after_write && !c->writing && !pending_out(c) && !c->closing)
             conn_close(c);
     }
