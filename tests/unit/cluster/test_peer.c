@@ -27,7 +27,9 @@
  * on the loop's own clock.
  *
  * The peer set's I/O is a real server (src/node/server.c) on 127.0.0.1 at a
- * kernel-chosen port: it dials the fake, and nothing dials it.
+ * kernel-chosen port: it dials the fake, and nothing dials it. The last
+ * test runs two such nodes (servers and peer sets) on 127.0.13.1 and
+ * 127.0.13.2, port 7940, that dial each other.
  *
  * Every test ends with finish(): am_peers_close, am_server_close, the
  * fake's handles closed,
@@ -1493,5 +1495,144 @@ Test(peer, a_peer_without_a_usable_address_is_refused_at_once)
     cr_assert(strstr(g.err, "n4") && strstr(g.err, "no usable address"), "%s", g.err);
     run_for(10);
     cr_assert_eq(g.calls[0].n, 0);
+    finish();
+}
+
+/* ---- one stream per pair ------------------------------------------------ */
+
+/* A second node in this process: its own server and peer set. */
+struct node2 {
+    struct am_server *srv;
+    struct am_peers *ps;
+    struct am_peer_io io;
+    struct am_peer *other; /* its peer for the other node */
+    int srv_closed, ps_closed;
+};
+
+static int hello_other(void *arg, const char *name, size_t len, const struct sockaddr_in *from,
+                       struct am_peer **peer, char *err, size_t errlen)
+{
+    struct node2 *nd = arg;
+    (void)name, (void)len, (void)from, (void)err, (void)errlen;
+    *peer = nd->other;
+    return 0;
+}
+
+static void *dial_node2(void *arg, struct am_peer *p, const char *name,
+                        const struct sockaddr_in *to, char *err, size_t errlen)
+{
+    struct node2 *nd = arg;
+    return am_server_dial(nd->srv, p, name, to, err, errlen);
+}
+
+static void node2_start(struct node2 *nd, const char *name, const char *ip, const char *other,
+                        const char *other_addr)
+{
+    struct sockaddr_in sa, src;
+    char err[256];
+    cr_assert_eq(uv_ip4_addr(ip, 7940, &sa), 0);
+    cr_assert_eq(uv_ip4_addr(ip, 0, &src), 0);
+    struct am_server_opts so = {
+        .node_name = name,
+        .max_frame = 1 * MiB,
+        .max_connections = 64,
+        .max_inflight = 64,
+        .peer_source = &src,
+    };
+    struct am_server_hooks hooks = {.peer_hello = hello_other, .arg = nd};
+    cr_assert_eq(am_server_start(&nd->srv, &g.loop, &sa, NULL, &so, &hooks, err, sizeof err), 0,
+                 "%s", err);
+    nd->io = (struct am_peer_io){
+        .dial = dial_node2,
+        .out = am_server_link_out,
+        .kick = am_server_link_kick,
+        .queued = am_server_link_queued,
+        .close = am_server_link_close,
+        .arg = nd,
+    };
+    struct am_peers_opts po = g.o;
+    po.name = name;
+    po.io = &nd->io;
+    cr_assert_eq(am_peers_new(&nd->ps, &g.loop, &po), 0);
+    nd->other = am_peers_get(nd->ps, other, other_addr);
+    cr_assert_not_null(nd->other);
+}
+
+static void on_node2_srv_closed(void *arg)
+{
+    ((struct node2 *)arg)->srv_closed = 1;
+}
+
+static void on_node2_ps_closed(void *arg)
+{
+    ((struct node2 *)arg)->ps_closed = 1;
+}
+
+/* HANDOFF_DONE i from nd to the other node: answered status 0 by it. */
+static void done_to_other(struct node2 *nd, int i)
+{
+    struct am_request r = {.kind = AM_MSG_HANDOFF_DONE};
+    g.in_forward = 1;
+    int rc = am_peer_forward(nd->other, &r, 0, 0, RID(i), on_reply, &g.calls[i], g.err,
+                             sizeof g.err);
+    g.in_forward = 0;
+    cr_assert_eq(rc, 0, "%s", g.err);
+}
+
+static struct am_server_stats server_stats(const struct node2 *nd)
+{
+    struct am_server_stats st;
+    am_server_get_stats(nd->srv, &st);
+    return st;
+}
+
+/* Two nodes whose first calls to each other leave in the same loop turn
+ * both dial, and each accepts the other's stream. Both then keep the one
+ * dialed by "n1" (the name that sorts first) for new calls; the calls
+ * already on n2's stream still get their replies, and n2 closes its stream
+ * a timeout later. From then on one connection carries the calls of both
+ * nodes, and no other is opened. */
+Test(peer, two_nodes_that_dial_each_other_at_once_keep_one_stream)
+{
+    g.o.timeout_ms = 300;
+    struct node2 a = {0}, b = {0};
+    node2_start(&a, "n1", "127.0.13.1", "n2", "127.0.13.2:7940");
+    node2_start(&b, "n2", "127.0.13.2", "n1", "127.0.13.1:7940");
+    done_to_other(&a, 0);
+    done_to_other(&b, 1);
+    WAIT_FOR(g.calls[0].n && g.calls[1].n);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(g.calls[i].status, AM_ST_OK, "call %d: %s", i, msg_of(&g.calls[i]));
+    WAIT_FOR(server_stats(&a).peers == 1 && server_stats(&b).peers == 1);
+
+    /* n2 closes the stream it dialed once the calls on it had their time. */
+    WAIT_FOR(server_stats(&a).peers == 0);
+    cr_assert_eq(server_stats(&b).peers, 1, "n1's stream was closed");
+    struct am_peers_stats sa, sb;
+    am_peers_get_stats(a.ps, &sa);
+    am_peers_get_stats(b.ps, &sb);
+    cr_assert_eq(sa.streams, 1);
+    cr_assert_eq(sb.streams, 1);
+    cr_assert_eq(sa.accepts + sb.accepts, 2);
+    cr_assert_eq(sa.stream_errors + sb.stream_errors, 0);
+
+    /* Calls both ways go over n1's stream: no new connection anywhere. */
+    uint64_t acc_a = server_stats(&a).accepted, acc_b = server_stats(&b).accepted;
+    for (int i = 2; i < 12; i++)
+        done_to_other(i % 2 ? &b : &a, i);
+    WAIT_FOR(calls_done(2, 12));
+    for (int i = 2; i < 12; i++)
+        cr_assert_eq(g.calls[i].status, AM_ST_OK, "call %d: %s", i, msg_of(&g.calls[i]));
+    cr_assert_eq(server_stats(&a).accepted, acc_a);
+    cr_assert_eq(server_stats(&b).accepted, acc_b);
+    cr_assert_eq(server_stats(&b).peers, 1);
+    cr_assert_eq(server_stats(&a).peers, 0);
+
+    am_peers_close(a.ps, on_node2_ps_closed, &a);
+    am_peers_close(b.ps, on_node2_ps_closed, &b);
+    WAIT_FOR(a.ps_closed && b.ps_closed);
+    am_server_close(a.srv, on_node2_srv_closed, &a);
+    am_server_close(b.srv, on_node2_srv_closed, &b);
+    WAIT_FOR(a.srv_closed && b.srv_closed);
     finish();
 }
