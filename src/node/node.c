@@ -1564,14 +1564,7 @@ static int start(struct node *n, char *err, size_t errlen)
     rc = am_gossip_start(&n->gossip, &n->loop, &go, err, errlen);
     if (rc)
         return rc;
-    struct am_peer_io pio = {
-        .dial = dial_peer,
-        .out = am_server_link_out,
-        .kick = am_server_link_kick,
-        .queued = am_server_link_queued,
-        .close = am_server_link_close,
-        .arg = n,
-    };
+    struct am_peer_io pio = am_server_peer_io(dial_peer, n);
     struct am_peers_opts po = {
         .name = c->name,
         .io = &pio,

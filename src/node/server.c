@@ -23,7 +23,6 @@
 #include "server.h"
 
 #include "addr.h"
-#include "peer.h"
 #include "err.h"
 #include "log.h"
 #include "mem.h"
@@ -553,17 +552,15 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
     /* A call always has a callback; so does a cast that goes to another
      * node (its acknowledgement is the owner's) or came from one. */
     int held = 1;
+    unsigned fwd = !c->peer; /* a client's call handed on counts until its reply */
     c->inflight++;
-    c->forwarding++;
-    int rc = s->hooks.route ? s->hooks.route(s->hooks.arg, &r, c->peer ? on_reply : on_fwd_reply,
-                                             c, err, sizeof err)
+    c->forwarding += fwd;
+    int rc = s->hooks.route ? s->hooks.route(s->hooks.arg, &r, fwd ? on_fwd_reply : on_reply, c,
+                                             err, sizeof err)
                             : 0;
-    if (rc == 1) {
-        if (c->peer)
-            c->forwarding--;
+    if (rc == 1)
         return;
-    }
-    c->forwarding--;
+    c->forwarding -= fwd;
     if (rc == 0) {
         held = kind == AM_MSG_CALL;
         rc = am_runtime_submit(s->rt, r.id, r.type, r.type_len, r.actor, r.actor_len, r.action,
@@ -1096,7 +1093,7 @@ void *am_server_dial(void *srv, struct am_peer *p, const char *name, const struc
     if (rc == 0)
         rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)to, on_dialed);
     if (rc) {
-        snprintf(err, errlen, "cannot connect: %s", rc == -ENOMEM ? "out of memory" : uv_strerror(rc));
+        snprintf(err, errlen, "cannot connect: %s", uv_strerror(rc));
         conn_close(c); /* no link yet: nobody is told */
         return NULL;
     }
@@ -1124,4 +1121,19 @@ void am_server_link_close(void *link)
     struct conn *c = link;
     c->link = NULL;
     conn_close(c);
+}
+
+struct am_peer_io am_server_peer_io(void *(*dial)(void *arg, struct am_peer *p, const char *name,
+                                                  const struct sockaddr_in *to, char *err,
+                                                  size_t errlen),
+                                    void *arg)
+{
+    return (struct am_peer_io){
+        .dial = dial,
+        .out = am_server_link_out,
+        .kick = am_server_link_kick,
+        .queued = am_server_link_queued,
+        .close = am_server_link_close,
+        .arg = arg,
+    };
 }

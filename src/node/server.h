@@ -15,6 +15,7 @@
 #define AM_SERVER_H
 
 #include "buf.h"
+#include "peer.h"
 #include "proto.h"
 #include "runtime.h"
 
@@ -24,7 +25,6 @@
 #include <uv.h>
 
 struct am_server;
-struct am_peer;
 
 struct am_server_opts {
     const char *node_name; /* borrowed for the server's lifetime */
@@ -109,5 +109,12 @@ struct am_buf *am_server_link_out(void *link);
 void am_server_link_kick(void *link);
 size_t am_server_link_queued(const void *link);
 void am_server_link_close(void *link);
+
+/* The table of those for a peer set, with its dial: one that reaches the
+ * server (am_server_dial) once there is one. */
+struct am_peer_io am_server_peer_io(void *(*dial)(void *arg, struct am_peer *p, const char *name,
+                                                  const struct sockaddr_in *to, char *err,
+                                                  size_t errlen),
+                                    void *arg);
 
 #endif

@@ -733,13 +733,12 @@ static int apply(struct am_store *s, MDB_txn *txn, struct am_store_write *w)
 
 static void mark_cancelled(struct am_store *s, struct am_store_write *head, unsigned n);
 
-/* Takes up to `room` writes from the head of the queue: *head the first,
- * *tail the last, their count returned (0: the queue is empty). */
-static unsigned take(struct am_store *s, unsigned room, struct am_store_write **head,
-                     struct am_store_write **tail)
+/* Takes up to `room` writes from the head of the queue, with mu held: *head
+ * the first, *tail the last, their count returned (0: the queue is empty). */
+static unsigned take_locked(struct am_store *s, unsigned room, struct am_store_write **head,
+                            struct am_store_write **tail)
 {
     unsigned n = 0;
-    uv_mutex_lock(&s->mu);
     struct am_store_write *h = s->queue, *t = h;
     if (h && room) {
         n = 1;
@@ -752,7 +751,6 @@ static unsigned take(struct am_store *s, unsigned room, struct am_store_write **
             s->queue_tail = NULL;
         t->next = NULL;
     }
-    uv_mutex_unlock(&s->mu);
     *head = h;
     *tail = t;
     return n;
@@ -782,7 +780,9 @@ static int commit_batch(struct am_store *s, struct am_store_write *head, unsigne
                 rc = apply(s, txn, w);
         while (join && !rc && n < s->max_batch) {
             struct am_store_write *more, *last;
-            unsigned k = take(s, s->max_batch - n, &more, &last);
+            uv_mutex_lock(&s->mu);
+            unsigned k = take_locked(s, s->max_batch - n, &more, &last);
+            uv_mutex_unlock(&s->mu);
             if (!k)
                 break;
             (*tail)->next = more;
@@ -933,9 +933,9 @@ static void writer_main(void *arg)
             uv_mutex_unlock(&s->mu);
             return;
         }
-        uv_mutex_unlock(&s->mu);
         struct am_store_write *head, *tail;
-        unsigned n = take(s, s->max_batch, &head, &tail);
+        unsigned n = take_locked(s, s->max_batch, &head, &tail);
+        uv_mutex_unlock(&s->mu);
 
         mark_cancelled(s, head, n);
         process(s, head, &n, &tail, 1);

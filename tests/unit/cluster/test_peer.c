@@ -600,13 +600,7 @@ static void peers_new(void)
         cr_assert_eq(uv_ip4_addr("127.0.0.1", 0, &sa), 0);
         cr_assert_eq(am_server_start(&g.srv, &g.loop, &sa, NULL, &so, &hooks, err, sizeof err), 0,
                      "%s", err);
-        g.io = (struct am_peer_io){
-            .dial = dial,
-            .out = am_server_link_out,
-            .kick = am_server_link_kick,
-            .queued = am_server_link_queued,
-            .close = am_server_link_close,
-        };
+        g.io = am_server_peer_io(dial, NULL);
     }
     cr_assert_eq(am_peers_new(&g.ps, &g.loop, &g.o), 0);
 }
@@ -1255,6 +1249,32 @@ Test(peer, a_hello_reply_without_a_node_name_is_malformed)
     finish();
 }
 
+/* A request before the answer to HELLO: the stream is not known to reach
+ * that node yet, so the request is refused, the stream closed and the
+ * calls fail; nothing else is served on it. */
+Test(peer, a_request_before_the_hello_answer_fails_the_stream)
+{
+    g.f.hello = HELLO_NONE;
+    g.f.fwd = FWD_MANUAL;
+    struct am_peer *p = start();
+    cr_assert_eq(fwd(p, 0), 0, "%s", g.err);
+    WAIT_FOR(g.f.nfwd == 1);
+    struct am_buf out;
+    am_buf_init(&out);
+    cr_assert_eq(am_encode_simple(&out, AM_MSG_HANDOFF_DONE, 1), 0);
+    fconn_send(g.f.last, &out);
+    am_buf_close(&out);
+    WAIT_FOR(g.calls[0].n);
+    cr_assert_eq(g.calls[0].status, AM_ST_UNAVAILABLE);
+    cr_assert(strstr(msg_of(&g.calls[0]), "malformed frame"), "%s", msg_of(&g.calls[0]));
+    WAIT_FOR(g.f.eofs == 1);
+    cr_assert_eq(g.f.replies, 1, "the refusal was not answered");
+    struct am_peers_stats st = stats();
+    cr_assert_eq(st.bad_frames, 1);
+    cr_assert_eq(st.stream_errors, 1);
+    finish();
+}
+
 /* ---- drop and close ---------------------------------------------------- */
 
 /* A dropped member's calls fail at once (inside am_peers_drop) with
@@ -1542,14 +1562,7 @@ static void node2_start(struct node2 *nd, const char *name, const char *ip, cons
     struct am_server_hooks hooks = {.peer_hello = hello_other, .arg = nd};
     cr_assert_eq(am_server_start(&nd->srv, &g.loop, &sa, NULL, &so, &hooks, err, sizeof err), 0,
                  "%s", err);
-    nd->io = (struct am_peer_io){
-        .dial = dial_node2,
-        .out = am_server_link_out,
-        .kick = am_server_link_kick,
-        .queued = am_server_link_queued,
-        .close = am_server_link_close,
-        .arg = nd,
-    };
+    nd->io = am_server_peer_io(dial_node2, nd);
     struct am_peers_opts po = g.o;
     po.name = name;
     po.io = &nd->io;
