@@ -47,14 +47,21 @@
  * long enough for any client that is reading (8 MiB drains in milliseconds
  * on a LAN), short enough that a stuck one cannot stall a restart. */
 #define DRAIN_MS 5000
-/* Output a connection may keep for one more loop turn (see on_turn). */
-#define DEFER_MAX (64u << 10)
+/* A client connection whose calls wait for other nodes keeps its replies
+ * until those come too, at most HOLD_MS and while it holds under HOLD_MAX
+ * bytes (see on_turn). */
+#define HOLD_MS 5
+/* The listener, turn_check, turn_idle, drain_timer and hold_timer. */
+#define SERVER_HANDLES 5
+#define HOLD_MAX (64u << 10)
 
 struct conn {
     uv_tcp_t tcp;
     struct am_server *srv;
     struct conn *prev, *next;
     struct conn *turn_next;
+    struct conn *held_next, **held_pprev; /* on srv->held */
+    uint64_t held_since;    /* loop time (ms) its hold began */
     struct am_buf in, out, wbuf;
     /* With a cluster key: raw holds bytes read and not yet opened, sealed
      * the sealed output waiting for its write (out stays plain text). */
@@ -63,7 +70,8 @@ struct conn {
     uv_write_t wreq;
     unsigned inflight;
     unsigned forwarding; /* of those, calls handed to other nodes (route() said 1) */
-    uint8_t deferred;    /* its output waited one loop turn (see on_turn) */
+    uint8_t held;        /* on srv->held: keeps its output (see on_turn) */
+    uint8_t hold_over;   /* held HOLD_MS: its output goes at the next turn */
     uint8_t in_turn, writing, paused, reading, closing, closed, close_after_write;
     uint8_t member;  /* said HELLO with role "member": push-pull of a (joining) node */
     uint8_t peer;    /* a peer stream: accepted after HELLO role "peer", or dialed */
@@ -81,6 +89,7 @@ struct am_server {
     uv_check_t turn_check;
     uv_idle_t turn_idle;
     uv_timer_t drain_timer; /* bounds how long closing waits for slow readers */
+    uv_timer_t hold_timer;  /* ends the holds of `held` */
     struct am_runtime *rt;
     struct am_server_opts o;
     struct sockaddr_in peer_source; /* o.peer_source points here when given */
@@ -90,10 +99,12 @@ struct am_server {
     struct am_server_hooks hooks;
     struct conn *conns;
     struct conn *turn; /* connections with output to write or input to resume */
+    struct conn *held; /* client connections keeping their output (on_turn) */
     struct am_server_stats st;
     int accepting;
     int closing;
-    int handles_open;
+    int handles_open;    /* of SERVER_HANDLES, those whose close has not completed */
+    int handles_closing; /* maybe_finish_close closed them */
     void (*close_done)(void *arg);
     void *close_arg;
 };
@@ -103,6 +114,7 @@ static void process_input(struct conn *c);
 static void maybe_finish_close(struct am_server *s);
 
 static void on_turn(uv_check_t *h);
+static void on_server_handle_closed(uv_handle_t *h);
 
 /* The idle handle only keeps the loop from blocking in poll while a turn is
  * due; the work happens in on_turn. */
@@ -757,6 +769,64 @@ static void start_write(struct conn *c)
 
 /* Once per loop turn: write what each listed connection has, resume the
  * paused ones that are back under their limits, close those that are done. */
+static void unhold(struct conn *c)
+{
+    *c->held_pprev = c->held_next;
+    if (c->held_next)
+        c->held_next->held_pprev = c->held_pprev;
+    c->held = 0;
+}
+
+/* Ends the holds that began HOLD_MS ago, whether or not the other nodes
+ * have answered, and comes back for the next one to end. */
+static void on_hold_timer(uv_timer_t *h)
+{
+    struct am_server *s = h->data;
+    uint64_t now = uv_now(s->loop), next = 0;
+    struct conn *c = s->held, *after;
+    for (; c; c = after) {
+        after = c->held_next;
+        if (now - c->held_since < HOLD_MS) {
+            uint64_t left = HOLD_MS - (now - c->held_since);
+            if (!next || left < next)
+                next = left;
+            continue;
+        }
+        unhold(c);
+        c->hold_over = 1;
+        turn_add(c);
+    }
+    if (next)
+        uv_timer_start(&s->hold_timer, on_hold_timer, next, 0);
+}
+
+/* A client connection with calls on other nodes keeps its replies until
+ * those have come too, so that they leave in one write: the calls of a
+ * pipelining client go to several owners, whose replies come back in
+ * different loop turns, and each write (with the client's reads and the
+ * writes it sends back) costs more than the replies it carries. Nothing
+ * spins meanwhile: the connection leaves the turn until a reply comes
+ * (on_reply adds it back) or the hold ends. A stopping node holds nothing. */
+static int hold(struct conn *c)
+{
+    struct am_server *s = c->srv;
+    if (!c->forwarding || c->peer || c->close_after_write || c->hold_over || !s->accepting ||
+        c->out.len >= HOLD_MAX)
+        return 0;
+    if (!c->held) {
+        c->held = 1;
+        c->held_since = uv_now(s->loop);
+        c->held_next = s->held;
+        if (s->held)
+            s->held->held_pprev = &c->held_next;
+        c->held_pprev = &s->held;
+        s->held = c;
+        if (!uv_is_active((uv_handle_t *)&s->hold_timer))
+            uv_timer_start(&s->hold_timer, on_hold_timer, HOLD_MS, 0);
+    }
+    return 1;
+}
+
 static void on_turn(uv_check_t *h)
 {
     struct am_server *s = h->data;
@@ -775,18 +845,11 @@ static void on_turn(uv_check_t *h)
                 uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
         }
         if (!c->writing && (c->out.len || c->sealed.len)) {
-            /* A client connection whose calls wait for other nodes' replies
-             * keeps this turn's output for one more turn (the idle handle
-             * makes that turn come at once), so replies that arrive in
-             * between share its write: with calls spread over several
-             * owners, each write otherwise carries a few replies. */
-            if (c->forwarding && !c->deferred && !c->peer && !c->close_after_write &&
-                c->out.len < DEFER_MAX) {
-                c->deferred = 1;
-                turn_add(c);
+            if (hold(c))
                 continue;
-            }
-            c->deferred = 0;
+            if (c->held) /* the replies it waited for came */
+                unhold(c);
+            c->hold_over = 0;
             start_write(c);
         }
         if (c->close_after_write && !c->writing && !pending_out(c) && !c->closing)
@@ -819,6 +882,8 @@ static void on_conn_closed(uv_handle_t *h)
         *pp = c->turn_next;
         c->in_turn = 0;
     }
+    if (c->held)
+        unhold(c);
     if (c->peer && !c->dialed)
         s->st.peers--;
     if (c->inflight == 0)
@@ -939,8 +1004,10 @@ int am_server_start(struct am_server **out, uv_loop_t *loop, const struct sockad
     uv_check_init(loop, &s->turn_check);
     uv_idle_init(loop, &s->turn_idle);
     uv_timer_init(loop, &s->drain_timer);
+    uv_timer_init(loop, &s->hold_timer);
     s->listener.data = s->turn_check.data = s->turn_idle.data = s->drain_timer.data = s;
-    s->handles_open = 4;
+    s->hold_timer.data = s;
+    s->handles_open = SERVER_HANDLES;
     int rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)addr, 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&s->listener, 511, on_connection);
@@ -961,7 +1028,7 @@ void am_server_stop_accepting(struct am_server *s)
     if (!s->accepting)
         return;
     s->accepting = 0;
-    uv_close((uv_handle_t *)&s->listener, NULL);
+    uv_close((uv_handle_t *)&s->listener, on_server_handle_closed);
     /* Peer streams go on reading: replies to this node's calls come on
      * them, and their requests are refused (handle_frame). */
     for (struct conn *c = s->conns; c; c = c->next)
@@ -985,7 +1052,7 @@ static void on_server_handle_closed(uv_handle_t *h)
 /* Finishes am_server_close once every connection is gone. */
 static void maybe_finish_close(struct am_server *s)
 {
-    if (!s->closing || s->handles_open != 4)
+    if (!s->closing || s->handles_closing)
         return;
     for (struct conn *c = s->conns; c; c = c->next) {
         if (!c->writing && !pending_out(c))
@@ -993,14 +1060,13 @@ static void maybe_finish_close(struct am_server *s)
     }
     if (s->conns)
         return;
-    s->handles_open--; /* the listener; closed by stop_accepting or below */
-    if (!uv_is_closing((uv_handle_t *)&s->listener)) {
-        s->handles_open++;
+    s->handles_closing = 1;
+    if (!uv_is_closing((uv_handle_t *)&s->listener)) /* else stop_accepting did */
         uv_close((uv_handle_t *)&s->listener, on_server_handle_closed);
-    }
     uv_close((uv_handle_t *)&s->turn_check, on_server_handle_closed);
     uv_close((uv_handle_t *)&s->turn_idle, on_server_handle_closed);
     uv_close((uv_handle_t *)&s->drain_timer, on_server_handle_closed);
+    uv_close((uv_handle_t *)&s->hold_timer, on_server_handle_closed);
 }
 
 /* A client that stops reading must not hold a stopping node forever: after

@@ -268,6 +268,27 @@ Test(routing, a_stopped_peer_costs_bounded_memory_and_retryable_errors, .timeout
 
     cr_assert_eq(kill(w.nodes[2].pid, SIGSTOP), 0);
     w.stopped = 2;
+    /* Pipelined on one connection, a call to the stopped node's actor (its
+     * stream still looks healthy: the call is sent, and waits) and then one
+     * to an actor of n0 itself: the second is answered at once, not when the
+     * first fails (a connection keeps its replies for those of other nodes
+     * at most 5 ms). */
+    char local[8][16];
+    ids_owned_by(ring, 0, 1, local, 8);
+    int64_t s0 = proc_now_ms();
+    rconn_encode_counter(&out, 300, stuck[6], "add", 1);
+    rconn_encode_counter(&out, 301, local[0], "add", 1);
+    cr_assert_eq(rconn_send(&c, &out), 0);
+    struct am_reply r1, r2;
+    cr_assert_eq(rconn_reply(&c, &r1, timeout_ms + 2000), 0);
+    int64_t local_ms = proc_now_ms() - s0;
+    cr_assert_eq(r1.id, 301, "the call to n0's own actor came back after the stuck one");
+    cr_assert_eq(r1.status, AM_ST_OK);
+    cr_assert(local_ms < timeout_ms / 2, "the call to n0's own actor took %lld ms",
+              (long long)local_ms);
+    cr_assert_eq(rconn_reply(&c, &r2, timeout_ms + 2000), 0);
+    cr_assert_eq(r2.id, 300);
+    cr_assert(r2.status != AM_ST_OK && am_status_retryable(r2.status));
     int64_t t0 = proc_now_ms();
     /* A flood through n0: 8 connections x 64 in flight of 64 KiB echoes over
      * actors of every node, for 3 s, while the memory of n0 is watched. */
