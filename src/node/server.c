@@ -61,7 +61,7 @@ struct conn {
     struct conn *prev, *next;
     struct conn *turn_next;
     struct conn *held_next, **held_pprev; /* on srv->held */
-    uint64_t held_since;    /* loop time (ms) its hold began */
+    uint64_t held_since;                  /* loop time (ms) its hold began */
     struct am_buf in, out, wbuf;
     /* With a cluster key: raw holds bytes read and not yet opened, sealed
      * the sealed output waiting for its write (out stays plain text). */
@@ -73,12 +73,12 @@ struct conn {
     uint8_t held;        /* on srv->held: keeps its output (see on_turn) */
     uint8_t hold_over;   /* held HOLD_MS: its output goes at the next turn */
     uint8_t in_turn, writing, paused, reading, closing, closed, close_after_write;
-    uint8_t member;  /* said HELLO with role "member": push-pull of a (joining) node */
-    uint8_t peer;    /* a peer stream: accepted after HELLO role "peer", or dialed */
-    uint8_t dialed;  /* this server dialed it (am_server_dial) */
+    uint8_t member;               /* said HELLO with role "member": push-pull of a (joining) node */
+    uint8_t peer;                 /* a peer stream: accepted after HELLO role "peer", or dialed */
+    uint8_t dialed;               /* this server dialed it (am_server_dial) */
     uint8_t connecting, hello_ok; /* dialed: not connected yet; HELLO answered */
-    char *peer_name;       /* the node it said it is, or the one dialed */
-    struct am_peer *link;  /* the peer this stream is a link of, or NULL */
+    char *peer_name;              /* the node it said it is, or the one dialed */
+    struct am_peer *link;         /* the peer this stream is a link of, or NULL */
     uv_connect_t creq;
     char why[160]; /* why a peer stream closed, for its peer */
 };
@@ -206,8 +206,8 @@ static int role_is(const struct am_request *r, const char *role)
 
 /* HELLO role "peer": only a live member of this node's view, connecting
  * from its own address, may forward calls here. */
-static int accept_peer(struct conn *c, const struct am_request *r, struct am_peer **peer,
-                       char *msg, size_t len)
+static int accept_peer(struct conn *c, const struct am_request *r, struct am_peer **peer, char *msg,
+                       size_t len)
 {
     struct am_server *s = c->srv;
     struct sockaddr_storage from;
@@ -421,8 +421,8 @@ static int check_hello(struct conn *c, const struct am_reply *r)
                 if (am_mp_read_str(&q, end, &v, &vlen))
                     break;
                 if (vlen != strlen(c->peer_name) || memcmp(v, c->peer_name, vlen) != 0) {
-                    snprintf(c->why, sizeof c->why, "the node at that address is '%.*s'",
-                             (int)vlen, v);
+                    snprintf(c->why, sizeof c->why, "the node at that address is '%.*s'", (int)vlen,
+                             v);
                     conn_close(c);
                     return -1;
                 }
