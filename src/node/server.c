@@ -51,16 +51,16 @@
  * until those come too, at most HOLD_MS and while it holds under HOLD_MAX
  * bytes (see on_turn). */
 #define HOLD_MS 5
+#define HOLD_MAX (64u << 10)
 /* The listener, turn_check, turn_idle, drain_timer and hold_timer. */
 #define SERVER_HANDLES 5
-#define HOLD_MAX (64u << 10)
 
 struct conn {
     uv_tcp_t tcp;
     struct am_server *srv;
     struct conn *prev, *next;
     struct conn *turn_next;
-    struct conn *held_next, **held_pprev; /* on srv->held */
+    struct conn *held_next, **held_pprev; /* on srv->held (pprev NULL: not held) */
     uint64_t held_since;                  /* loop time (ms) its hold began */
     struct am_buf in, out, wbuf;
     /* With a cluster key: raw holds bytes read and not yet opened, sealed
@@ -70,15 +70,14 @@ struct conn {
     uv_write_t wreq;
     unsigned inflight;
     unsigned forwarding; /* of those, calls handed to other nodes (route() said 1) */
-    uint8_t held;        /* on srv->held: keeps its output (see on_turn) */
     uint8_t hold_over;   /* held HOLD_MS: its output goes at the next turn */
     uint8_t in_turn, writing, paused, reading, closing, closed, close_after_write;
-    uint8_t member;               /* said HELLO with role "member": push-pull of a (joining) node */
-    uint8_t peer;                 /* a peer stream: accepted after HELLO role "peer", or dialed */
-    uint8_t dialed;               /* this server dialed it (am_server_dial) */
+    uint8_t member;  /* said HELLO with role "member": push-pull of a (joining) node */
+    uint8_t peer;    /* a peer stream: accepted after HELLO role "peer", or dialed */
+    uint8_t dialed;  /* this server dialed it (am_server_dial) */
     uint8_t connecting, hello_ok; /* dialed: not connected yet; HELLO answered */
-    char *peer_name;              /* the node it said it is, or the one dialed */
-    struct am_peer *link;         /* the peer this stream is a link of, or NULL */
+    char *peer_name;       /* the node it said it is, or the one dialed */
+    struct am_peer *link;  /* the peer this stream is a link of, or NULL */
     uv_connect_t creq;
     char why[160]; /* why a peer stream closed, for its peer */
 };
@@ -206,8 +205,8 @@ static int role_is(const struct am_request *r, const char *role)
 
 /* HELLO role "peer": only a live member of this node's view, connecting
  * from its own address, may forward calls here. */
-static int accept_peer(struct conn *c, const struct am_request *r, struct am_peer **peer, char *msg,
-                       size_t len)
+static int accept_peer(struct conn *c, const struct am_request *r, struct am_peer **peer,
+                       char *msg, size_t len)
 {
     struct am_server *s = c->srv;
     struct sockaddr_storage from;
@@ -421,8 +420,8 @@ static int check_hello(struct conn *c, const struct am_reply *r)
                 if (am_mp_read_str(&q, end, &v, &vlen))
                     break;
                 if (vlen != strlen(c->peer_name) || memcmp(v, c->peer_name, vlen) != 0) {
-                    snprintf(c->why, sizeof c->why, "the node at that address is '%.*s'", (int)vlen,
-                             v);
+                    snprintf(c->why, sizeof c->why, "the node at that address is '%.*s'",
+                             (int)vlen, v);
                     conn_close(c);
                     return -1;
                 }
@@ -767,14 +766,12 @@ static void start_write(struct conn *c)
     }
 }
 
-/* Once per loop turn: write what each listed connection has, resume the
- * paused ones that are back under their limits, close those that are done. */
 static void unhold(struct conn *c)
 {
     *c->held_pprev = c->held_next;
     if (c->held_next)
         c->held_next->held_pprev = c->held_pprev;
-    c->held = 0;
+    c->held_pprev = NULL;
 }
 
 /* Ends the holds that began HOLD_MS ago, whether or not the other nodes
@@ -813,8 +810,7 @@ static int hold(struct conn *c)
     if (!c->forwarding || c->peer || c->close_after_write || c->hold_over || !s->accepting ||
         c->out.len >= HOLD_MAX)
         return 0;
-    if (!c->held) {
-        c->held = 1;
+    if (!c->held_pprev) {
         c->held_since = uv_now(s->loop);
         c->held_next = s->held;
         if (s->held)
@@ -827,6 +823,8 @@ static int hold(struct conn *c)
     return 1;
 }
 
+/* Once per loop turn: write what each listed connection has, resume the
+ * paused ones that are back under their limits, close those that are done. */
 static void on_turn(uv_check_t *h)
 {
     struct am_server *s = h->data;
@@ -847,7 +845,7 @@ static void on_turn(uv_check_t *h)
         if (!c->writing && (c->out.len || c->sealed.len)) {
             if (hold(c))
                 continue;
-            if (c->held) /* the replies it waited for came */
+            if (c->held_pprev) /* the replies it waited for came */
                 unhold(c);
             c->hold_over = 0;
             start_write(c);
@@ -882,7 +880,7 @@ static void on_conn_closed(uv_handle_t *h)
         *pp = c->turn_next;
         c->in_turn = 0;
     }
-    if (c->held)
+    if (c->held_pprev)
         unhold(c);
     if (c->peer && !c->dialed)
         s->st.peers--;

@@ -224,7 +224,8 @@ static void *watch_rss(void *arg)
 /* The first count counter ids owned by node `owner` (and, unless replica
  * is -1, replicated to node `replica`: the next member on the ring), as
  * "cN" strings. */
-static void ids_owned_by(const struct am_ring *r, int owner, int replica, char ids[][16], int count)
+static void ids_owned_by(const struct am_ring *r, int owner, int replica, char ids[][16],
+                         int count)
 {
     for (int k = 0, found = 0; found < count; k++) {
         snprintf(ids[found], 16, "c%d", k);
@@ -897,8 +898,8 @@ Test(routing, an_owner_back_with_an_empty_disk_continues_from_its_replicas, .tim
                 break;
             cr_assert(strstr(r.out, "unavailable") || strstr(r.err, "unavailable"),
                       "%s: not a retryable error: %s%s", ids[k], r.out, r.err);
-            cr_assert_lt(proc_now_ms(), until, "%s: still refused after 30 s: %s%s", ids[k], r.out,
-                         r.err);
+            cr_assert_lt(proc_now_ms(), until, "%s: still refused after 30 s: %s%s", ids[k],
+                         r.out, r.err);
             proc_result_free(&r);
             proc_sleep_ms(200);
         }
@@ -976,7 +977,8 @@ Test(routing, a_replica_back_from_a_short_outage_gets_the_writes_it_missed, .tim
         retried = cluster_stat(st, "replication", "retried");
         json_decref(st);
     }
-    cr_assert_eq(pending, 0, "n0 still has %llu keys to send again", (unsigned long long)pending);
+    cr_assert_eq(pending, 0, "n0 still has %llu keys to send again",
+                 (unsigned long long)pending);
     cr_assert_geq(retried, 10);
     cr_assert_eq(proc_node_kill9(&w.nodes[0]), 0);
     const int live[] = {1, 2};
@@ -999,8 +1001,8 @@ Test(routing, a_replica_back_from_a_short_outage_gets_the_writes_it_missed, .tim
 Test(routing, anti_entropy_restores_a_replica_that_lost_its_data, .timeout = 150)
 {
     const int n = 3, all[] = {0, 1, 2};
-    const char *extra[] = {
-        "--idle-timeout", "600000", "--forward-timeout", "1000", "--anti-entropy", "500", NULL};
+    const char *extra[] = {"--idle-timeout", "600000", "--forward-timeout", "1000",
+                           "--anti-entropy", "500", NULL};
     for (int i = 0; i < n; i++) {
         cluster_node_init(&cluster, i, "127.0.7");
         cluster_node_start(&cluster, i, i ? 0 : -1, extra);
